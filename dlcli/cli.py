@@ -1,0 +1,144 @@
+"""The `dl` command (Typer). No torch import at module level: `dl --help` must stay fast."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, Optional
+
+import typer
+
+from dlcli.errors import UserError, exit_with
+
+app = typer.Typer(
+    name="dl",
+    help="Train the classic deep-learning models from the command line: MLP, CNN (more families arrive per issue).\n\n"
+    "Examples:\n\n"
+    "  dl train                                   # MLP on generated spirals, offline\n\n"
+    "  dl train model=cnn dataset=mnist           # CNN on MNIST\n\n"
+    "  dl train -m optimizer=sgd,adam trainer.epochs=5   # a sweep: one run per combination\n\n"
+    "  dl eval outputs/runs/<run>/checkpoints/best.pt\n\n"
+    "  dl sample outputs/runs/<run>/checkpoints/best.pt",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _guard(fn: Callable[[], Any]) -> None:
+    """Run a command; a UserError becomes one red line and exit 2, Ctrl-C exits 130."""
+    try:
+        fn()
+    except UserError as e:
+        exit_with(e)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        raise typer.Exit(130) from None
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def train(ctx: typer.Context) -> None:
+    """Train a model. Arguments are Hydra overrides: group=option, key=value, -m for a sweep.
+
+    Config groups: model (mlp cnn), dataset (spirals sine shapes mnist fashion_mnist csv),
+    optimizer (sgd momentum nesterov adagrad rmsprop adam adamw), scheduler (none step cosine warmup_cosine onecycle
+    plateau), device (auto cpu cuda mps), trainer, logger (default tensorboard quiet).
+    `dl train --help` lists every option and key; `dl train --cfg job` prints the composed config.
+    """
+
+    def go() -> None:
+        from dlcli.app import train_cli
+
+        train_cli(list(ctx.args))
+
+    _guard(go)
+
+
+def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Checkpoint paths vs key=value overrides (a path that exists wins, even with '=' in its name)."""
+    from pathlib import Path
+
+    paths, overrides = [], []
+    for item in items:
+        (overrides if "=" in item and not Path(item).exists() else paths).append(item)
+    return paths, overrides
+
+
+@app.command("eval")
+def eval_(
+    items: list[str] = typer.Argument(..., metavar="CKPT... [KEY=VALUE...]",
+                                      help="Checkpoints (or run dirs) to evaluate, then overrides for their stored "
+                                           "config, e.g. device=cpu dataset.path=new.csv"),
+    split: str = typer.Option("test", "--split", help="Which split to evaluate: train, val or test."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+) -> None:
+    """Evaluate checkpoints on a split and print one row per checkpoint.
+
+    Example: dl eval outputs/runs/<run>/checkpoints/best.pt --split test
+    """
+
+    def go() -> None:
+        from dlcli.evaluate import evaluate_cli
+
+        paths, overrides = _split_overrides(items)
+        evaluate_cli(paths, overrides, split=split, as_json=as_json)
+
+    _guard(go)
+
+
+@app.command()
+def sample(
+    items: list[str] = typer.Argument(..., metavar="CKPT [KEY=VALUE...]",
+                                      help="A checkpoint (or run dir), then overrides for its stored config."),
+    input_path: Optional[str] = typer.Option(None, "--input", "-i",
+                                             help="Predict for this CSV file (mlp) or these image files (cnn; "
+                                                  "comma-separated) instead of test examples."),
+    num: int = typer.Option(10, "--num", "-n", help="How many test examples to show."),
+    out: Optional[str] = typer.Option(None, "--out", "-o",
+                                      help="Where to save the picture grid for image models "
+                                           "(default: <run>/plots/samples.png)."),
+    seed: int = typer.Option(0, "--seed", help="Which test examples are drawn."),
+) -> None:
+    """Show what a trained model predicts: test examples (true vs predicted) or your own inputs.
+
+    Examples: dl sample outputs/runs/<run>/checkpoints/best.pt -n 16;
+    dl sample best.pt --input new_rows.csv
+    """
+
+    def go() -> None:
+        from dlcli.sample import sample_cli
+
+        paths, overrides = _split_overrides(items)
+        if len(paths) != 1:
+            raise UserError(f"dl sample takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
+        sample_cli(paths[0], overrides, input_path=input_path, num=num, out=out, seed=seed)
+
+    _guard(go)
+
+
+@app.command()
+def runs(
+    root: str = typer.Option("outputs", "--dir", help="The outputs directory to list."),
+    last: Optional[int] = typer.Option(None, "--last", help="Only the N newest runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List runs and sweep jobs, newest first: status, model, dataset, best metric, duration."""
+
+    def go() -> None:
+        from dlcli.runs import list_runs_cli
+
+        list_runs_cli(root, last=last, as_json=as_json)
+
+    _guard(go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Metric sinks (metrics.jsonl, metrics.csv, TensorBoard) and the console reporter (rich bar on a TTY, one plain
+line per epoch elsewhere)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from dlcli.errors import UserError
+
+log = logging.getLogger("dlcli")
+
+
+def make_console(stderr: bool = False) -> Console:
+    """On a terminal rich fits the window; on a pipe or in CI, keep lines whole and tables wide."""
+    probe = Console(stderr=stderr)
+    return Console(stderr=stderr, soft_wrap=True, width=None if probe.is_terminal else 160)
+
+
+class MetricsLogger:
+    """Every record is {step, epoch, split, name: value...}: split is step (train loss every N steps), train, val
+    or test. Appended to metrics.jsonl as it happens; metrics.csv is the same as a table."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False):
+        self.run_dir = run_dir
+        self.rows: list[dict[str, Any]] = []
+        self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("logger=tensorboard needs the tensorboard package: "
+                                "pip install 'dlcli[tensorboard]' (or use logger=default)") from None
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, epoch: int, split: str, values: dict[str, float]) -> None:
+        row = {"step": step, "epoch": epoch, "split": split, **{k: _plain(v) for k, v in values.items()}}
+        self.rows.append(row)
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(f"{split}/{k}", v, step)
+
+    def epochs(self, split: str) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["split"] == split]
+
+    def write_csv(self) -> None:
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        with open(self.run_dir / "metrics.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def close(self) -> None:
+        self.write_csv()
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(v: Any) -> Any:
+    v = float(v) if hasattr(v, "item") else v
+    return None if isinstance(v, float) and not math.isfinite(v) else v  # keep the JSON valid
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+class Reporter:
+    """What a person sees while training."""
+
+    def __init__(self, console: Console, enabled: bool = True):
+        self.console = console
+        self.enabled = enabled
+        self.live = console.is_terminal
+
+    def say(self, message: str) -> None:
+        log.info(message)
+        if self.enabled:
+            self.console.print(message, highlight=False)
+
+    @contextlib.contextmanager
+    def epoch_progress(self, epoch: int, epochs: int, batches: int) -> Iterator[Callable[[], None]]:
+        """A rich bar over the epoch's batches on a terminal; nothing on a pipe or in a log file."""
+        if not (self.enabled and self.live):
+            yield lambda: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.console, transient=True) as bar:
+            task = bar.add_task("train", total=batches)
+            yield lambda: bar.advance(task)
+
+    def epoch_line(self, epoch: int, epochs: int, parts: dict[str, dict[str, float]], seconds: float,
+                   note: str = "") -> None:
+        cells = [f"epoch {epoch}/{epochs}"]
+        for split, values in parts.items():
+            cells += [f"{split}/{k} {fmt(v)}" for k, v in values.items() if k not in ("time",)]
+        cells.append(f"{seconds:.1f}s")
+        self.say("  ".join(cells) + (f"  {note}" if note else ""))
+
+    def table(self, table: Table, text: str) -> None:
+        log.info("\n" + text)
+        if self.enabled:
+            self.console.print(table)
+
+
+def metrics_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
+    for r in rows:
+        table.add_row(*(fmt(r.get(c, "")) if r.get(c) is not None else "" for c in columns))
+    return table

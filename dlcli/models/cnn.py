@@ -1,0 +1,77 @@
+"""Convolutional net: conv blocks (conv -> [batch norm] -> activation -> [pool]), flatten, then an MLP head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dlcli.errors import UserError
+from dlcli.models.common import activation, int_list
+from dlcli.models.mlp import MLP
+
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}
+
+
+def per_block(cfg: Any, key: str, i: int, n: int) -> Any:
+    """A per-block setting: one value for every block, or a list with one value per block."""
+    value = cfg[key]
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    value = list(value)
+    if len(value) != n:
+        raise UserError(f"model.{key}={value}: give one value, or one per block ({n} blocks: model.channels)")
+    return value[i]
+
+
+class CNN(nn.Module):
+    def __init__(self, input_shape: list[int], num_classes: int, cfg: Any):
+        super().__init__()
+        channels = int_list(cfg.channels, "model.channels")
+        blocks: list[nn.Module] = []
+        in_ch = input_shape[0]
+        for i, out_ch in enumerate(channels):
+            k = int(per_block(cfg, "kernel_size", i, len(channels)))
+            stride = int(per_block(cfg, "stride", i, len(channels)))
+            pad = per_block(cfg, "padding", i, len(channels))
+            pad = k // 2 if pad == "same" else 0 if pad == "valid" else pad
+            if not isinstance(pad, int):
+                raise UserError(f"model.padding={pad}: use same, valid or an integer")
+            pool = per_block(cfg, "pool", i, len(channels))
+            if pool not in POOLS:
+                raise UserError(f"model.pool={pool}: choose one of: {', '.join(POOLS)}")
+            bn = bool(per_block(cfg, "batch_norm", i, len(channels)))
+            block = [nn.Conv2d(in_ch, out_ch, k, stride=stride, padding=pad, bias=not bn)]
+            if bn:
+                block.append(nn.BatchNorm2d(out_ch))
+            block.append(activation(per_block(cfg, "activation", i, len(channels))))
+            if POOLS[pool] is not None:
+                block.append(POOLS[pool](int(per_block(cfg, "pool_size", i, len(channels)))))
+            blocks.append(nn.Sequential(*block))
+            in_ch = out_ch
+        self.features = nn.Sequential(*blocks)
+        with torch.no_grad():
+            shape = list(input_shape)
+            for i, block in enumerate(self.features):
+                out = block(torch.zeros(1, *shape))
+                if out.numel() == 0:
+                    raise UserError(f"model.channels={channels}: block {i + 1} shrinks the {shape[1]}x{shape[2]} "
+                                    "image to nothing; use fewer blocks, padding=same or pool=none")
+                shape = list(out.shape[1:])
+        self.flat_size = shape[0] * shape[1] * shape[2]
+        hidden = int_list(cfg.hidden_sizes, "model.hidden_sizes") if cfg.hidden_sizes else []
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(float(cfg.dropout)),
+                                  MLP(self.flat_size, num_classes, hidden, cfg.activation, float(cfg.dropout)))
+        self.channels_last = bool(cfg.get("channels_last", False))
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:  # NHWC: conv + batch norm run ~1.5x faster on CPU (oneDNN) and use tensor cores on GPU
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.features(x))
+
+
+def build(cfg: Any, meta: dict) -> CNN:
+    return CNN(meta["input_shape"], meta["num_classes"], cfg)

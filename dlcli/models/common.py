@@ -1,0 +1,24 @@
+"""Small pieces shared by the model families."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from dlcli.errors import UserError, choices
+
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
+
+
+def activation(name: str, key: str = "model.activation") -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise UserError(f"{key}={name}: unknown activation{choices(name, ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def int_list(value: Any, key: str) -> list[int]:
+    values = list(value) if not isinstance(value, (int, str)) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise UserError(f"{key}={values}: needs positive integers, e.g. [64,64]")
+    return values

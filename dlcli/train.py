@@ -1,0 +1,182 @@
+"""`dl train`, one job: config -> task -> model -> optimizer -> loop -> test -> outputs. Read this file top to bottom."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dlcli import __version__
+from dlcli.checkpoint import atomic_save, make_checkpoint
+from dlcli.data import build_task, check_dataset_config
+from dlcli.errors import UserError, exit_with
+from dlcli.loop import LoopState, evaluate_split, fit, resolve_batch_size
+from dlcli.metrics import MetricsLogger, Reporter, make_console
+from dlcli.models import build_model, check_fit, count_params, summary_table
+from dlcli.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler
+from dlcli.runtime import resolve_device, rng_state, setup
+
+MODES = ("min", "max")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything that can be checked before any data is read; raises UserError."""
+    check_dataset_config(cfg.dataset)
+    check_fit(cfg.model.name, cfg.dataset)
+    check_optimizer(cfg.optimizer)
+    check_scheduler(cfg.scheduler)
+    t = cfg.trainer
+    for key in ("epochs", "eval_every", "log_every_n_steps", "checkpoint_every", "eval_batch_size"):
+        if not isinstance(t[key], int) or t[key] < 1:
+            raise UserError(f"trainer.{key}={t[key]}: must be a positive integer")
+    if t.batch_size != "full":
+        resolve_batch_size(t.batch_size, 1)
+    if "/" not in str(t.monitor) or str(t.monitor).split("/")[0] not in ("train", "val"):
+        raise UserError(f"trainer.monitor={t.monitor}: name a logged metric as split/name, e.g. val/loss or val/acc")
+    if t.mode not in MODES:
+        raise UserError(f"trainer.mode={t.mode}: choose min or max")
+    if t.max_time is not None and not float(t.max_time) > 0:
+        raise UserError(f"trainer.max_time={t.max_time}: a number of seconds > 0, or null")
+    resolve_device(cfg.device)
+
+
+def run(cfg: DictConfig, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
+    """Train one model; write checkpoints, metrics, plots and summary.json under run_dir."""
+    check_config(cfg)
+    t = cfg.trainer
+    runtime = setup(cfg)
+    task = build_task(cfg.dataset, cfg.loss, runtime.device)
+    model = build_model(cfg.model, task.meta).to(runtime.device)
+    params = count_params(model)
+    reporter.say(f"run dir: {run_dir}")
+    reporter.say(f"data: {cfg.dataset.name} ({task.kind}) train {task.size('train')} / val {task.size('val')} / "
+                 f"test {task.size('test')} examples on {runtime.device}, precision {runtime.precision}")
+    if t.summary:
+        reporter.table(*summary_table(model, task.example_input(), f"model: {cfg.model.name}"))
+    train_model = torch.compile(model) if t.compile else model
+    optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
+    batch_size = resolve_batch_size(t.batch_size, task.size("train"))
+    total_steps = task.num_batches("train", batch_size) * int(t.epochs)
+    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, total_steps, t.mode)
+    _check_monitor(cfg, task, model, runtime)
+
+    config_yaml = OmegaConf.to_yaml(cfg)
+    ckpt_dir = run_dir / "checkpoints"
+
+    def save(which: str, state: LoopState) -> None:
+        atomic_save(make_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, rng=rng_state(),
+                                    epoch=state.epoch, step=state.step, best=state.as_dict(),
+                                    config_yaml=config_yaml, meta=task.meta), ckpt_dir / f"{which}.pt")
+
+    logger = MetricsLogger(run_dir, tensorboard=bool(cfg.logger.tensorboard))
+    state = LoopState()
+    started = time.perf_counter()
+    try:
+        stopped_by = fit(train_model, task, optimizer, scheduler, interval, runtime, t, logger, reporter, save, state)
+        # Test with the best weights (what best.pt holds, so `dl eval best.pt` reproduces it).
+        best_path = ckpt_dir / "best.pt"
+        if best_path.exists():
+            model.load_state_dict(torch.load(best_path, map_location=runtime.device, weights_only=True)["model"])
+        test = evaluate_split(model, task, "test", int(t.eval_batch_size), runtime)
+        logger.log(state.step, state.epoch, "test", test)
+    finally:
+        logger.close()
+    wall = time.perf_counter() - started
+    reporter.say("test (best checkpoint): " + "  ".join(f"test/{k} {v:.4g}" for k, v in test.items()))
+    final = {f"{r['split']}/{k}": v for split in ("train", "val") for r in logger.epochs(split)[-1:]
+             for k, v in r.items() if k not in ("step", "epoch", "split")}
+    summary = {
+        "model": cfg.model.name, "dataset": cfg.dataset.name, "kind": task.kind,
+        "epochs": state.epoch, "steps": state.step, "stopped_by": stopped_by,
+        "best": {"metric": str(t.monitor), "mode": str(t.mode), "value": state.best_value,
+                 "epoch": state.best_epoch},
+        "final": final, "test": {f"test/{k}": v for k, v in test.items()},
+        "params": params, "wall_time_s": round(wall, 3), "device": str(runtime.device),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if t.plots:
+        from dlcli.plots import plot_run
+
+        for path in plot_run(run_dir, logger.rows, task, model, runtime, int(t.eval_batch_size)):
+            reporter.say(f"plot: {path}")
+    return summary
+
+
+def _check_monitor(cfg: DictConfig, task: Any, model: torch.nn.Module, runtime: Any) -> None:
+    """trainer.monitor must name a metric this task logs (checked on a tiny batch, before any training)."""
+    split, name = str(cfg.trainer.monitor).split("/", 1)
+    model.eval()
+    with torch.no_grad():
+        batch = next(task.batches("val", 2))
+        names = task.summarize(task.step(model, batch)[1]).keys()
+    model.train()
+    if name not in names:
+        raise UserError(f"trainer.monitor={cfg.trainer.monitor}: this {task.kind} task logs "
+                        f"{', '.join(f'{split}/{n}' for n in names)}")
+
+
+class RunRecord:
+    """run.json: status (running|completed|failed|interrupted), command, times, versions, device, seed."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig):
+        self.path = run_dir / "run.json"
+        self.data = {
+            "status": "running",
+            "command": " ".join(["dl", "train", *_task_overrides()]),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "ended": None,
+            "model": cfg.model.name,
+            "dataset": cfg.dataset.name,
+            "seed": int(cfg.trainer.seed),
+            "device": str(cfg.device.get("name", "auto")),
+            "versions": {"dlcli": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "host": platform.node(),
+        }
+        self.write()
+
+    def write(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=2))
+
+    def finish(self, status: str, **extra: Any) -> None:
+        self.data.update(status=status, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
+        self.write()
+
+
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """What Hydra calls per job: the run around run(), with its record and its failure modes."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = RunRecord(run_dir, cfg)
+    console = make_console()
+    reporter = Reporter(console, enabled=bool(cfg.logger.console))
+    try:
+        summary = run(cfg, run_dir, reporter)
+    except UserError as e:
+        record.finish("failed", error=str(e))
+        if not (run_dir / "checkpoints").exists():  # failed before training: leave no half-made run behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        exit_with(e)
+    except KeyboardInterrupt:
+        record.finish("interrupted")
+        console.print(f"interrupted; the run dir is {run_dir}")
+        sys.exit(130)
+    except BaseException as e:
+        record.finish("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    record.finish("completed", device=summary["device"], wall_time_s=summary["wall_time_s"])
+    value = summary["best"]["value"]
+    return float(value) if value is not None else None
