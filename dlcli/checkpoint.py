@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Open a dlcli checkpoint safely (weights_only=True: a pickle cannot run code) or raise UserError."""
     p = resolve_path(path)
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
+            ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe or unreadable content"
-        raise UserError(f"{p}: refused to load: not a plain dlcli checkpoint ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"it asks to import {found.group(1)}" if found else "it holds more than tensors and plain data"
+        raise UserError(f"{p}: refused to load: {what}, and a pickle like that can run code; dl only opens "
+                        "plain checkpoints written by dl train") from None
+    except Exception as e:  # the unpickler raises many kinds on garbage (KeyError, RuntimeError, EOFError...)
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise UserError(f"{p} is not a readable checkpoint (truncated or corrupt? {reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

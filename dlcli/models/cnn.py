@@ -51,14 +51,19 @@ class CNN(nn.Module):
             blocks.append(nn.Sequential(*block))
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
+        self.features.eval()  # the shape probe below runs one image: batch norm must not need batch statistics
         with torch.no_grad():
             shape = list(input_shape)
             for i, block in enumerate(self.features):
-                out = block(torch.zeros(1, *shape))
+                try:
+                    out = block(torch.zeros(1, *shape))
+                except RuntimeError:  # pooling/conv larger than what is left of the image
+                    out = torch.zeros(0)
                 if out.numel() == 0:
                     raise UserError(f"model.channels={channels}: block {i + 1} shrinks the {shape[1]}x{shape[2]} "
                                     "image to nothing; use fewer blocks, padding=same or pool=none")
                 shape = list(out.shape[1:])
+        self.features.train()
         self.flat_size = shape[0] * shape[1] * shape[2]
         hidden = int_list(cfg.hidden_sizes, "model.hidden_sizes") if cfg.hidden_sizes else []
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(float(cfg.dropout)),

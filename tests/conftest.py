@@ -1,0 +1,56 @@
+"""Shared test helpers: run the real CLI in a subprocess, in each test's own tmp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("DL_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+HAS_MNIST = (DATA_DIR / "mnist" / "train-images-idx3-ubyte.gz").is_file()
+needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not under {DATA_DIR} (set DL_DATA_DIR)")
+
+# Tiny, fast settings for end-to-end runs on 2 CPU cores.
+FAST = ["trainer.summary=false", "trainer.plots=false"]
+
+
+class CLI:
+    def __init__(self, cwd: Path):
+        self.cwd = cwd
+
+    def __call__(self, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+        full_env = {k: v for k, v in os.environ.items() if k != "DL_DEBUG"}
+        full_env.update({"DL_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1", **(env or {})})
+        return subprocess.run([sys.executable, "-m", "dlcli", *args], cwd=self.cwd, env=full_env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def ok(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        res = self(*args, **kw)
+        assert res.returncode == 0, f"dl {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+        return res
+
+    def runs(self) -> list[Path]:
+        return sorted((self.cwd / "outputs" / "runs").glob("*"))
+
+    def last_run(self) -> Path:
+        runs = self.runs()
+        assert runs, "no run directory was made"
+        return runs[-1]
+
+
+@pytest.fixture
+def dl(tmp_path: Path) -> CLI:
+    return CLI(tmp_path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
