@@ -86,7 +86,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
             ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the global it refused
         what = f"it asks to import {found.group(1)}" if found else "it holds more than tensors and plain data"
         raise UserError(f"{p}: refused to load: {what}, and a pickle like that can run code; dl only opens "
                         "plain checkpoints written by dl train") from None
