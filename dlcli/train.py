@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import shutil
@@ -44,6 +45,9 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.mode={t.mode}: choose min or max")
     if t.max_time is not None and not float(t.max_time) > 0:
         raise UserError(f"trainer.max_time={t.max_time}: a number of seconds > 0, or null")
+    if cfg.logger.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("logger=tensorboard needs the tensorboard package: pip install 'dlcli[tensorboard]' "
+                        "(or use logger=default)")
     resolve_device(cfg.device)
 
 

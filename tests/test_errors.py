@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 from pathlib import Path
@@ -58,6 +59,8 @@ TRAIN_CASES = [
     ("cnn-too-deep", ["model=cnn", "model.channels=[8,8,8,8,8,8]"], "shrinks the", {}),
     ("bad-group-in-eval-style", ["device=tpu"], "device=tpu: no such device", {}),
 ]
+if importlib.util.find_spec("tensorboard") is None:
+    TRAIN_CASES.append(("tensorboard-missing", ["logger=tensorboard"], "needs the tensorboard package", {}))
 if not torch.cuda.is_available():
     TRAIN_CASES.append(("cuda-absent", ["device=cuda"], "device=cuda: CUDA is not available", {}))
 

@@ -94,3 +94,13 @@ def test_run_dirs_are_never_reused(dl):
     dl.ok("train", "trainer.epochs=1", *FAST)
     runs = dl.runs()
     assert len(runs) == 2 and len({r.name for r in runs}) == 2
+
+
+def test_runs_lists_runs_newest_first(dl):
+    assert "no runs" in dl.ok("runs").stdout
+    dl.ok("train", "trainer.epochs=1", *FAST)
+    dl.ok("train", "trainer.epochs=2", *FAST)
+    rows = json.loads(dl.ok("runs", "--json").stdout)
+    assert [r["overrides"].split()[0] for r in rows] == ["trainer.epochs=2", "trainer.epochs=1"]
+    assert all(r["status"] == "completed" and r["model"] == "mlp" for r in rows)
+    assert "spirals" in dl.ok("runs", "--last", "1").stdout

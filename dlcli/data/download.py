@@ -1,0 +1,80 @@
+"""Find dataset files under a root directory, or download them (sha256-checked, with a progress bar)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from dlcli.errors import UserError
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str) -> Path:
+    """Fetch url to dest through dest.part; a sha256 mismatch removes the partial file and raises UserError."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp, open(part, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            with Progress(*columns, transient=True) as bar:
+                task = bar.add_task(f"download {dest.name}", total=total)
+                for chunk in iter(lambda: resp.read(1 << 16), b""):
+                    out.write(chunk)
+                    h.update(chunk)
+                    bar.advance(task, len(chunk))
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        part.unlink(missing_ok=True)
+        reason = getattr(e, "reason", e)
+        raise UserError(f"could not download {url} ({reason})") from None
+    if h.hexdigest() != sha256:
+        part.unlink(missing_ok=True)
+        raise UserError(f"download of {url} has sha256 {h.hexdigest()[:16]}…, expected {sha256[:16]}…; "
+                        "the partial file was removed (a bad mirror or a broken transfer): try again")
+    os.replace(part, dest)
+    return dest
+
+
+def find_or_download(name: str, root: str | Path, subdirs: tuple[str, ...], files: dict[str, str], base_url: str,
+                     allow_download: bool) -> dict[str, Path]:
+    """Return {filename: path}. Looks in root/<subdir>/ for each subdir, then root/; downloads into root/<subdirs[0]>/.
+
+    `files` maps each file name to its sha256. A present file with the wrong checksum is an error, not re-fetched.
+    """
+    root = Path(root).expanduser()
+    for folder in [root / s for s in subdirs] + [root]:
+        if all((folder / f).is_file() for f in files):
+            for f, digest in files.items():
+                if sha256_of(folder / f) != digest:
+                    raise UserError(f"{folder / f} has the wrong sha256 (corrupt or a different version of {name}); "
+                                    "delete it to download it again")
+            return {f: folder / f for f in files}
+    target = root / subdirs[0]
+    if not allow_download:
+        raise UserError(f"{name} not found under {root} (looked in {', '.join(str(root / s) for s in subdirs)}) and "
+                        "dataset.download=false; put the files there or set DL_DATA_DIR / dataset.root")
+    out = {}
+    for f, digest in files.items():
+        path = target / f
+        if path.is_file() and sha256_of(path) == digest:
+            out[f] = path
+            continue
+        try:
+            out[f] = download(base_url.rstrip("/") + "/" + f, path, digest)
+        except UserError as e:
+            raise UserError(f"{name} not found under {root} and {e}; put the files in {target} "
+                            "or set DL_DATA_DIR / dataset.root to a directory that has them") from None
+    return out
