@@ -24,6 +24,9 @@ INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "search
 # Flags after which Hydra prints something and trains nothing: no validation, no run dir.
 PASSTHROUGH = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i",
                "--shell-completion", "-sc", "--experimental-rerun"}
+# Hydra's mutually exclusive modes, by flag.
+MODES = {"-m": "multirun", "--multirun": "multirun", "--cfg": "cfg", "-c": "cfg", "--info": "info", "-i": "info",
+         "--run": "run", "-r": "run", "--shell-completion": "completion", "-sc": "completion"}
 # Keys whose default is a number but which also take one of these words.
 WORD_VALUES = {"trainer.batch_size": {"full"}}
 
@@ -60,6 +63,9 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
 def train_cli(args: list[str]) -> None:
     """`dl train ARGS`: check, choose the output dir, run Hydra, then summarise a sweep."""
     flags, overrides = split_args(args)
+    modes = {f for f in flags if f in MODES}
+    if len({MODES[f] for f in modes}) > 1:
+        raise UserError(f"{' and '.join(sorted(modes))} cannot go together; give one of --multirun, --cfg, --info")
     multirun = "-m" in flags or "--multirun" in flags
     if any(f in PASSTHROUGH for f in flags):
         _call_hydra(flags, overrides)

@@ -37,11 +37,26 @@ def _guard(fn: Callable[[], Any]) -> None:
         raise typer.Exit(130) from None
 
 
+def complete_overrides(incomplete: str) -> list[str]:
+    """Shell completion for `dl train`: group=option pairs read from the shipped conf/ (no Hydra, no torch)."""
+    from importlib.resources import files
+
+    pairs = []
+    for group in files("dlcli.conf").iterdir():
+        if group.is_dir() and not group.name.startswith("_"):
+            pairs += [f"{group.name}={f.name[:-5]}" for f in group.iterdir() if f.name.endswith(".yaml")]
+    return sorted(p for p in pairs if p.startswith(incomplete))
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
     add_help_option=False,
 )
-def train(ctx: typer.Context) -> None:
+def train(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[OVERRIDES]...", autocompletion=complete_overrides,
+                                                    show_default=False),
+) -> None:
     """Train a model. Arguments are Hydra overrides: group=option, key=value, -m for a sweep.
 
     Config groups: model (mlp cnn), dataset (spirals sine shapes mnist fashion_mnist csv),
@@ -53,7 +68,7 @@ def train(ctx: typer.Context) -> None:
     def go() -> None:
         from dlcli.app import train_cli
 
-        train_cli(list(ctx.args))
+        train_cli([*(overrides or []), *ctx.args])
 
     _guard(go)
 
@@ -137,7 +152,7 @@ def runs(
 
 
 def main() -> None:
-    app()
+    app(prog_name="dl")
 
 
 if __name__ == "__main__":

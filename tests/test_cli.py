@@ -43,3 +43,10 @@ def test_model_default_dataset_and_override(dl):
 def test_python_m_dlcli_and_subcommand_help(dl):
     assert "Evaluate checkpoints" in dl.ok("eval", "--help").stdout
     assert "--input" in dl.ok("sample", "--help").stdout
+
+
+def test_shell_completion_offers_group_options(dl):
+    env = {"_DL_COMPLETE": "complete_bash", "COMP_WORDS": "dl train optimizer=a", "COMP_CWORD": "2"}
+    res = subprocess.run([sys.executable, "-m", "dlcli"], cwd=dl.cwd, capture_output=True, text=True,
+                         env={**__import__("os").environ, **env})
+    assert res.stdout.split() == ["optimizer=adagrad", "optimizer=adam", "optimizer=adamw"]

@@ -30,6 +30,7 @@ TRAIN_CASES = [
     ("unknown-key", ["trainer.epocs=3"], "no key 'trainer.epocs' (did you mean trainer.epochs?)", {}),
     ("list-expected", ["model.hidden_sizes=abc"], "must be a list", {}),
     ("bad-batch-size", ["trainer.batch_size=-3"], "trainer.batch_size=-3: use a positive integer", {}),
+    ("hydra-modes-clash", ["-m", "--cfg", "job"], "cannot go together", {}),
     ("sweep-without-m", ["optimizer=sgd,adam"], "add -m (multirun)", {}),
     ("sweep-bad-value", ["-m", "optimizer=sgd,adamx"], "optimizer=adamx: no such optimizer", {}),
     ("sweep-bad-key", ["-m", "trainer.epochz=1,2"], "no key 'trainer.epochz'", {}),
