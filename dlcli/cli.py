@@ -110,18 +110,34 @@ def sample(
     items: list[str] = typer.Argument(..., metavar="CKPT [KEY=VALUE...]",
                                       help="A checkpoint (or run dir), then overrides for its stored config."),
     input_path: Optional[str] = typer.Option(None, "--input", "-i",
-                                             help="Predict for this CSV file (mlp) or these image files (cnn; "
-                                                  "comma-separated) instead of test examples."),
-    num: int = typer.Option(10, "--num", "-n", help="How many test examples to show."),
+                                             help="Classifiers/regressors: predict for this CSV file (mlp) or these "
+                                                  "image files (cnn; comma-separated) instead of test examples."),
+    num: int = typer.Option(None, "--num-samples", "-n",
+                            help="How many test examples to show (default 10), or texts to generate (default 1)."),
     out: Optional[str] = typer.Option(None, "--out", "-o",
-                                      help="Where to save the picture grid for image models "
+                                      help="Image models: where to save the picture grid "
                                            "(default: <run>/plots/samples.png)."),
-    seed: int = typer.Option(0, "--seed", help="Which test examples are drawn."),
+    seed: int = typer.Option(0, "--seed", help="Which test examples are drawn / the sampling seed."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Language models: the text to continue "
+                                                                       "(default: a new line)."),
+    prompt_file: Optional[str] = typer.Option(None, "--prompt-file", help="Language models: read the prompt "
+                                                                          "from a file."),
+    max_new_tokens: int = typer.Option(300, "--max-new-tokens", help="Language models: tokens to generate."),
+    temperature: float = typer.Option(1.0, "--temperature", "-t",
+                                      help="Language models: <1 sharper, >1 more random, 0 greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Language models: sample from the k likeliest "
+                                                              "tokens only (1 = greedy)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Language models: nucleus sampling, the smallest "
+                                                                "set of tokens holding this much probability."),
 ) -> None:
-    """Show what a trained model predicts: test examples (true vs predicted) or your own inputs.
+    """Show what a trained model predicts or generates.
+
+    Classifiers/regressors: test examples (true vs predicted) or your own inputs.
+    Language models: text streamed as it is generated. Sequence taggers (copy): input, target and answer.
 
     Examples: dl sample outputs/runs/<run>/checkpoints/best.pt -n 16;
-    dl sample best.pt --input new_rows.csv
+    dl sample best.pt --input new_rows.csv;
+    dl sample <lstm run> --prompt "the cat" --temperature 0.8 --top-k 5 -n 3
     """
 
     def go() -> None:
@@ -130,7 +146,9 @@ def sample(
         paths, overrides = _split_overrides(items)
         if len(paths) != 1:
             raise UserError(f"dl sample takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
-        sample_cli(paths[0], overrides, input_path=input_path, num=num, out=out, seed=seed)
+        lm = {"prompt": prompt, "prompt_file": prompt_file, "max_new_tokens": max_new_tokens,
+              "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        sample_cli(paths[0], overrides, input_path=input_path, num=num, out=out, seed=seed, lm=lm)
 
     _guard(go)
 

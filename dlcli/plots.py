@@ -23,7 +23,7 @@ def learning_curves(rows: list[dict], path: Path, title: str) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val")}
-    names = [k for k in ("acc", "r2", "mae") if any(k in r for r in by_split["val"])][:1]
+    names = [k for k in ("acc", "r2", "bpc", "seq_acc") if any(k in r for r in by_split["val"])][:1]
     fig, axes = plt.subplots(1, 1 + len(names), figsize=(5.5 * (1 + len(names)), 4), squeeze=False)
     for ax, name in zip(axes[0], ["loss", *names]):
         for split, style in (("train", "-"), ("val", "-o")):
@@ -128,6 +128,8 @@ def plot_run(run_dir: Path, rows: list[dict], task: Any, model: torch.nn.Module,
     out.mkdir(exist_ok=True)
     name = run_dir.name
     paths = [learning_curves(rows, out / "curves.png", name)]
+    if task.kind not in ("classify", "regress"):
+        return paths
     true, pred = predict_split(model, task, "test", batch_size)
     if task.kind == "classify":
         k = task.meta["num_classes"]

@@ -13,10 +13,19 @@ from dlcli.errors import UserError
 from dlcli.evaluate import restore, restore_task
 
 
-def sample_cli(path: str, overrides: list[str], input_path: str | None = None, num: int = 10,
-               out: str | None = None, seed: int = 0) -> None:
+def sample_cli(path: str, overrides: list[str], input_path: str | None = None, num: int | None = None,
+               out: str | None = None, seed: int = 0, lm: dict | None = None) -> None:
     r = restore(path, overrides)
-    kind = "classify" if "num_classes" in r.ckpt["meta"] else "regress"
+    kind = r.ckpt["meta"].get("kind") or ("classify" if "num_classes" in r.ckpt["meta"] else "regress")
+    if kind == "lm":
+        from dlcli.sample_text import sample_text
+
+        sample_text(r, num_samples=num or 1, seed=seed, **(lm or {}))
+        return
+    num = 10 if num is None else num
+    if kind == "tag":
+        _show_tagging(r, num, seed)
+        return
     if input_path:
         x, labels = _user_inputs(input_path, r.ckpt["meta"])
         true = None
@@ -113,3 +122,27 @@ def _save_grid(r: Any, x: torch.Tensor, probs: torch.Tensor, true: torch.Tensor 
     path = Path(out) if out else r.path.parent.parent / "plots" / "samples.png"
     image_grid(images, titles, colors, path, "true → predicted" if true is not None else "predicted")
     make_console().print(f"picture: {path}")
+
+
+def _show_tagging(r: Any, num: int, seed: int) -> None:
+    """Sequence in, sequence out (copy memory): the input, the scored target steps and the model's answer."""
+    task = restore_task(r)
+    n = task.size("test")
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(num, n)].to(task.device)
+    x, y = (t.index_select(0, idx) for t in task.splits["test"])
+    with torch.no_grad():
+        pred = r.model(x).argmax(-1)
+    vocab, names = r.ckpt["meta"]["vocab"], r.ckpt["meta"]["class_names"]
+    table = Table(title=f"{r.cfg.model.name} on {r.cfg.dataset.name}: test sequences", title_justify="left")
+    for col in ("input", "target", "predicted"):
+        table.add_column(col)
+    right = 0
+    for xi, yi, pi in zip(x.tolist(), y.tolist(), pred.tolist()):
+        scored = [j for j, t in enumerate(yi) if t >= 0]
+        target = "".join(names[yi[j]] for j in scored)
+        answer = "".join(names[pi[j]] for j in scored)
+        right += target == answer
+        table.add_row("".join(vocab[t] for t in xi), target, answer + (" ✓" if target == answer else " ✗"))
+    console = make_console()
+    console.print(table)
+    console.print(f"{right}/{len(x)} sequences right")

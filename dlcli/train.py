@@ -89,6 +89,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
         if best_path.exists():
             model.load_state_dict(torch.load(best_path, map_location=runtime.device, weights_only=True)["model"])
         test = evaluate_split(model, task, "test", int(t.eval_batch_size), runtime)
+        test.update(task.final_metrics(model))
         logger.log(state.step, state.epoch, "test", test)
     finally:
         logger.close()

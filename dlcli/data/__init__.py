@@ -18,6 +18,12 @@ BUILDERS = {
     "mnist": ("dlcli.data.images", "idx_dataset"),
     "fashion_mnist": ("dlcli.data.images", "idx_dataset"),
     "csv": ("dlcli.data.tabular", "csv_dataset"),
+    "adding": ("dlcli.data.sequence", "adding"),
+    "copy": ("dlcli.data.sequence", "copy"),
+    "parity": ("dlcli.data.sequence", "parity"),
+    "grammar": ("dlcli.data.language", "grammar"),
+    "shakespeare": ("dlcli.data.language", "shakespeare"),
+    "text": ("dlcli.data.language", "text_file"),
 }
 
 
@@ -34,6 +40,7 @@ def build_task(cfg: Any, loss_cfg: Any, device: torch.device, stored_meta: dict 
     if stored_meta and "preprocessing" in stored_meta:
         kwargs["preprocessing"] = stored_meta["preprocessing"]
     task = getattr(importlib.import_module(module), fn)(cfg, loss_cfg, **kwargs)
+    task.meta["kind"] = task.kind  # models pick their head (many-to-one / many-to-many) from it
     for split in ("train", "val", "test"):
         if task.size(split) == 0:
             raise UserError(f"dataset={cfg.name}: the {split} split is empty; give it more examples")

@@ -61,6 +61,10 @@ class Task:
     def summarize(self, stats: dict[str, Tensor]) -> dict[str, float]:
         raise NotImplementedError
 
+    def final_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Metrics measured once on the final model beyond the loss (e.g. validity of generated samples)."""
+        return {}
+
 
 def add_stats(total: dict[str, Tensor] | None, stats: dict[str, Tensor]) -> dict[str, Tensor]:
     """Sum per-batch stats on the device (no .item(): no host sync)."""

@@ -10,16 +10,23 @@ from torch import nn
 from dlcli.errors import UserError, choices
 
 # name -> module with build(cfg, meta)
-MODULES = {"mlp": "dlcli.models.mlp", "cnn": "dlcli.models.cnn"}
+MODULES = {"mlp": "dlcli.models.mlp", "cnn": "dlcli.models.cnn", "rnn": "dlcli.models.recurrent",
+           "lstm": "dlcli.models.recurrent", "gru": "dlcli.models.recurrent"}
+SEQUENCE_FITS = {("regress", "sequence"), ("classify", "sequence"), ("tag", "sequence"), ("lm", "text")}
 # name -> the (task kind, input) pairs it can learn
 FITS = {
     "mlp": {("classify", "vector"), ("regress", "vector"), ("classify", "image"), ("regress", "image"),
             ("auto", "vector")},
     "cnn": {("classify", "image")},
+    "rnn": SEQUENCE_FITS,
+    "lstm": SEQUENCE_FITS,
+    "gru": SEQUENCE_FITS,
 }
 # dataset name -> (kind, input) of the built-in dataset configs, for listing what a model fits
 DATASET_SHAPES = {"spirals": ("classify", "vector"), "sine": ("regress", "vector"), "shapes": ("classify", "image"),
-                  "mnist": ("classify", "image"), "fashion_mnist": ("classify", "image"), "csv": ("auto", "vector")}
+                  "mnist": ("classify", "image"), "fashion_mnist": ("classify", "image"), "csv": ("auto", "vector"),
+                  "adding": ("regress", "sequence"), "parity": ("classify", "sequence"), "copy": ("tag", "sequence"),
+                  "grammar": ("lm", "text"), "shakespeare": ("lm", "text"), "text": ("lm", "text")}
 
 
 def check_fit(model_name: str, dataset_cfg: Any) -> None:

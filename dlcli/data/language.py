@@ -1,0 +1,247 @@
+"""Language modelling (next token): a generated grammar (offline default), tiny-shakespeare, any UTF-8 text file.
+
+Training draws `block_size` windows at random offsets each epoch (truncated BPTT); val/test are contiguous windows
+cut from the end of the text (split by position: no window of val or test text is ever trained on).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dlcli.data.download import find_or_download
+from dlcli.data.sequence import TagTask
+from dlcli.errors import UserError
+
+SHAKESPEARE = {"file": "input.txt", "subdirs": ("tinyshakespeare", "shakespeare"),
+               "url": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare",
+               "sha256": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"}
+
+
+class LMTask(TagTask):
+    """Next-token prediction. Metrics: loss (nats/token), ppl, and bpc (bits per character) at character level."""
+
+    kind = "lm"
+
+    def __init__(self, streams: dict[str, Tensor], block_size: int, meta: dict, loss_cfg: Any):
+        self.block_size = block_size
+        self.stream = streams["train"]
+        splits = {name: windows(s, block_size) for name, s in streams.items()}
+        super().__init__(splits, meta, loss_cfg)
+
+    def to(self, device: torch.device) -> LMTask:
+        self.stream = self.stream.to(device)
+        super().to(device)
+        return self
+
+    def batches(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        if split != "train" or not shuffle:
+            yield from super().batches(split, batch_size, shuffle=shuffle, seed=seed)
+            return
+        gen = torch.Generator(device=self.stream.device)
+        gen.manual_seed(seed)
+        n = self.size("train")
+        starts = torch.randint(0, len(self.stream) - self.block_size, (n,), generator=gen, device=self.stream.device)
+        offsets = torch.arange(self.block_size + 1, device=self.stream.device)
+        for i in range(0, n, batch_size):
+            chunk = self.stream[starts[i:i + batch_size, None] + offsets]
+            yield chunk[:, :-1], chunk[:, 1:]
+
+    def summarize(self, stats: dict[str, Tensor]) -> dict[str, float]:
+        out = super().summarize(stats)
+        out["ppl"] = math.exp(min(out["loss"], 50.0))
+        if self.meta.get("level") == "char":
+            out["bpc"] = out["loss"] / math.log(2)
+        del out["seq_acc"]
+        return out
+
+    def final_metrics(self, model: torch.nn.Module) -> dict[str, float]:
+        if self.meta.get("validator") == "grammar":
+            return grammar_sample_metrics(self, model)
+        return {}
+
+
+def windows(stream: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """Non-overlapping (input, next-token target) windows covering the stream."""
+    n = (len(stream) - 1) // block
+    if n < 1:
+        raise UserError(f"a text split of {len(stream)} tokens is shorter than dataset.block_size={block}; "
+                        "use a longer text or a smaller block_size")
+    x = stream[: n * block].view(n, block)
+    y = stream[1: n * block + 1].view(n, block)
+    return x, y
+
+
+def tokenize(text: str, level: str) -> list[str]:
+    if level == "char":
+        return list(text)
+    if level == "word":  # whitespace-separated words; line breaks kept as a token of their own
+        tokens: list[str] = []
+        for line in text.splitlines(keepends=True):
+            tokens += line.split()
+            if line.endswith("\n"):
+                tokens.append("\n")
+        return tokens
+    raise UserError(f"dataset.level={level}: choose char or word")
+
+
+def detokenize(tokens: list[str], level: str) -> str:
+    if level == "char":
+        return "".join(tokens)
+    return " ".join(tokens).replace(" \n ", "\n").replace(" \n", "\n")
+
+
+def lm_task(text: str, cfg: Any, loss_cfg: Any, extra_meta: dict | None = None) -> LMTask:
+    level = str(cfg.get("level", "char"))
+    tokens = tokenize(text, level)
+    counts = Counter(tokens)
+    min_freq = int(cfg.get("min_freq", 1))
+    vocab = sorted(t for t, c in counts.items() if c >= min_freq)
+    unk = None
+    if len(vocab) < len(counts):
+        unk = "<unk>"
+        vocab.append(unk)
+    index = {t: i for i, t in enumerate(vocab)}
+    ids = torch.tensor([index.get(t, index.get(unk, 0)) for t in tokens], dtype=torch.long)
+    val_n = int(len(ids) * float(cfg.val_fraction))
+    test_n = int(len(ids) * float(cfg.test_fraction))
+    train_n = len(ids) - val_n - test_n
+    streams = {"train": ids[:train_n], "val": ids[train_n:train_n + val_n], "test": ids[train_n + val_n:]}
+    meta = {"kind": "lm", "vocab": vocab, "vocab_size": len(vocab), "level": level, "unk": unk,
+            "block_size": int(cfg.block_size), **(extra_meta or {})}
+    return LMTask(streams, int(cfg.block_size), meta, loss_cfg)
+
+
+# ------------------------------------------------------------------------------------------------ generated grammar
+NOUNS = {"sg": ["cat", "dog", "bird", "fox", "horse"], "pl": ["cats", "dogs", "birds", "foxes", "horses"]}
+VERBS = {"sg": ["sees", "chases", "likes", "hears"], "pl": ["see", "chase", "like", "hear"]}
+ADJECTIVES = ["big", "small", "red", "old", "quick"]
+DETERMINERS = {"sg": ["the", "a"], "pl": ["the", "some"]}
+
+
+def _noun_phrase(rng: random.Random, number: str) -> list[str]:
+    words = [rng.choice(DETERMINERS[number])]
+    if rng.random() < 0.3:
+        words.append(rng.choice(ADJECTIVES))
+    return words + [rng.choice(NOUNS[number])]
+
+
+def grammar_sentence(rng: random.Random, relative_p: float) -> str:
+    """S -> NP_n [that NP_m V_m] V_n [NP] '.': the verb agrees with its subject across a relative clause."""
+    number = rng.choice(["sg", "pl"])
+    words = _noun_phrase(rng, number)
+    if rng.random() < relative_p:
+        inner = rng.choice(["sg", "pl"])
+        words += ["that", *_noun_phrase(rng, inner), rng.choice(VERBS[inner])]
+    words.append(rng.choice(VERBS[number]))
+    if rng.random() < 0.7:
+        words += _noun_phrase(rng, rng.choice(["sg", "pl"]))
+    return " ".join(words) + " ."
+
+
+def is_grammatical(sentence: str) -> bool:
+    """Parse one line of the grammar above (agreement included)."""
+    toks = sentence.split()
+    pos = 0
+
+    def noun_phrase() -> str | None:
+        nonlocal pos
+        if pos >= len(toks):
+            return None
+        det = toks[pos]
+        pos += 1
+        if pos < len(toks) and toks[pos] in ADJECTIVES:
+            pos += 1
+        if pos >= len(toks):
+            return None
+        noun = toks[pos]
+        pos += 1
+        for number in ("sg", "pl"):
+            if noun in NOUNS[number] and det in DETERMINERS[number]:
+                return number
+        return None
+
+    def verb(number: str) -> bool:
+        nonlocal pos
+        ok = pos < len(toks) and toks[pos] in VERBS[number]
+        pos += 1
+        return ok
+
+    subject = noun_phrase()
+    if subject is None:
+        return False
+    if pos < len(toks) and toks[pos] == "that":
+        pos += 1
+        inner = noun_phrase()
+        if inner is None or not verb(inner):
+            return False
+    if not verb(subject):
+        return False
+    if pos < len(toks) and toks[pos] != ".":
+        if noun_phrase() is None:
+            return False
+    return pos == len(toks) - 1 and toks[-1] == "."
+
+
+def grammar(cfg: Any, loss_cfg: Any) -> LMTask:
+    rng = random.Random(int(cfg.seed))
+    n = int(cfg.n_sentences)
+    if n < 50:
+        raise UserError(f"dataset.n_sentences={n}: use at least 50")
+    text = "\n".join(grammar_sentence(rng, float(cfg.relative_p)) for _ in range(n)) + "\n"
+    return lm_task(text, cfg, loss_cfg, {"validator": "grammar"})
+
+
+def shakespeare(cfg: Any, loss_cfg: Any) -> LMTask:
+    files = find_or_download("tiny-shakespeare", cfg.root, SHAKESPEARE["subdirs"],
+                             {SHAKESPEARE["file"]: SHAKESPEARE["sha256"]}, cfg.get("url") or SHAKESPEARE["url"],
+                             bool(cfg.download))
+    return lm_task(files[SHAKESPEARE["file"]].read_text(encoding="utf-8"), cfg, loss_cfg)
+
+
+def text_file(cfg: Any, loss_cfg: Any) -> LMTask:
+    if cfg.get("path") in (None, "???"):
+        raise UserError("dataset=text needs dataset.path=FILE (any UTF-8 text), e.g. dl train model=lstm "
+                        "dataset=text dataset.path=book.txt")
+    p = Path(str(cfg.path)).expanduser()
+    if not p.is_file():
+        raise UserError(f"dataset.path={cfg.path}: no such file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"dataset.path={cfg.path}: not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
+    if len(text) < 4 * int(cfg.block_size):
+        raise UserError(f"dataset.path={cfg.path}: {len(text)} characters is too little text for "
+                        f"dataset.block_size={cfg.block_size}")
+    return lm_task(text, cfg, loss_cfg)
+
+
+def grammar_validity(texts: list[str]) -> tuple[int, int]:
+    """(grammatical, complete) sentences in generated texts; a line is complete once its newline was generated."""
+    valid = total = 0
+    for text in texts:
+        for line in text.split("\n")[:-1]:
+            if line.strip():
+                total += 1
+                valid += is_grammatical(line)
+    return valid, total
+
+
+def grammar_sample_metrics(task: LMTask, model: torch.nn.Module) -> dict[str, float]:
+    """Generate 32 x 300 characters after a newline (seeded, temperature 1) and parse every complete sentence."""
+    from dlcli.decoding import generate
+
+    vocab = task.meta["vocab"]
+    device = task.device
+    prompt = torch.full((32, 1), vocab.index("\n"), device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    out = generate(model, prompt, 300, temperature=1.0, generator=gen)
+    texts = ["".join(vocab[i] for i in row.tolist()) for row in out]
+    valid, total = grammar_validity(texts)
+    return {"valid": valid / total if total else 0.0, "sentences": float(total)}

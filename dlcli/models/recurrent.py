@@ -1,0 +1,147 @@
+"""Recurrent nets: `rnn`, `lstm`, `gru` — one class on PyTorch's cuDNN-backed nn.RNN / nn.LSTM / nn.GRU.
+
+Inputs are token ids (an embedding) or real-valued vectors per step (a linear projection). Heads by task kind:
+many-to-one (classify/regress: from the last state or pooled states) and many-to-many (tag, lm: one output per step).
+Two variants from the seeds have no cuDNN kernel and run an explicit (slower) time-step loop: leaky units
+(h_t = α·h_{t-1} + (1-α)·tanh(W x_t + U h_{t-1} + b)) and echo-state networks (fixed random recurrent weights
+scaled to a spectral radius; only the readout learns).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dlcli.errors import UserError
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+POOLS = ("last", "mean", "max")
+
+
+class LoopRNN(nn.Module):
+    """A tanh/relu RNN written as a time-step loop, for leaky units and echo-state reservoirs."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, nonlinearity: str, alpha: float,
+                 echo_state: bool, spectral_radius: float, seed: int):
+        super().__init__()
+        self.hidden_size, self.num_layers, self.alpha = hidden_size, num_layers, alpha
+        self.act = torch.tanh if nonlinearity == "tanh" else torch.relu
+        self.inp = nn.ModuleList(nn.Linear(input_size if i == 0 else hidden_size, hidden_size)
+                                 for i in range(num_layers))
+        self.rec = nn.ModuleList(nn.Linear(hidden_size, hidden_size, bias=False) for _ in range(num_layers))
+        if echo_state:
+            gen = torch.Generator().manual_seed(seed)
+            for rec in self.rec:
+                w = torch.randn(hidden_size, hidden_size, generator=gen)
+                w *= spectral_radius / torch.linalg.eigvals(w).abs().max()
+                rec.weight.data.copy_(w)
+            for p in self.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        n, steps, _ = x.shape
+        if h is None:
+            h = x.new_zeros(self.num_layers, n, self.hidden_size)
+        states = list(h.unbind(0))
+        outputs = []
+        for t in range(steps):
+            inp = x[:, t]
+            for layer in range(self.num_layers):
+                new = self.act(self.inp[layer](inp) + self.rec[layer](states[layer]))
+                states[layer] = self.alpha * states[layer] + (1 - self.alpha) * new
+                inp = states[layer]
+            outputs.append(inp)
+        return torch.stack(outputs, 1), torch.stack(states)
+
+
+class RecurrentNet(nn.Module):
+    def __init__(self, cfg: Any, meta: dict):
+        super().__init__()
+        cell = cfg.name
+        self.kind = meta["kind"]
+        self.per_step = self.kind in ("tag", "lm")
+        self.bidirectional = bool(cfg.bidirectional)
+        self.pool = cfg.get("pool", "last")
+        hidden, layers = int(cfg.hidden_size), int(cfg.num_layers)
+        alpha = float(cfg.get("leak_alpha", 0.0))
+        echo = bool(cfg.get("echo_state", False))
+        if self.kind == "lm" and self.bidirectional:
+            raise UserError(f"model.bidirectional=true cannot do language modelling: a {cell} that reads the "
+                            "future would see the next token it must predict; use bidirectional=false")
+        if self.pool not in POOLS:
+            raise UserError(f"model.pool={self.pool}: choose one of: {', '.join(POOLS)}")
+        if not 0.0 <= alpha < 1.0:
+            raise UserError(f"model.leak_alpha={alpha}: must be in [0, 1) (0 = a plain RNN)")
+        if (alpha > 0 or echo) and self.bidirectional:
+            raise UserError("model.leak_alpha / model.echo_state run a one-direction loop: set bidirectional=false")
+        if "vocab_size" in meta:
+            self.embed = nn.Embedding(meta["vocab_size"], int(cfg.embedding_size))
+            in_size = int(cfg.embedding_size)
+        else:
+            self.embed = nn.Linear(meta["input_size"], int(cfg.embedding_size))
+            in_size = int(cfg.embedding_size)
+        dropout = float(cfg.dropout)
+        self.loop = alpha > 0 or echo
+        if self.loop:
+            self.rnn = LoopRNN(in_size, hidden, layers, cfg.get("nonlinearity", "tanh"), alpha, echo,
+                               float(cfg.get("spectral_radius", 0.9)), int(cfg.get("reservoir_seed", 0)))
+            if echo:
+                self.embed.requires_grad_(False)
+        else:
+            extra = {"nonlinearity": cfg.nonlinearity} if cell == "rnn" else {}
+            self.rnn = CELLS[cell](in_size, hidden, num_layers=layers, batch_first=True,
+                                   dropout=dropout if layers > 1 else 0.0, bidirectional=self.bidirectional,
+                                   **extra)
+            if cell == "lstm":
+                self._set_forget_bias(float(cfg.get("forget_bias", 0.0)))
+        self.drop = nn.Dropout(dropout)
+        if self.kind == "lm":
+            out_features = meta["vocab_size"]
+        else:
+            out_features = meta.get("num_classes") or meta["output_size"]
+        width = hidden * (2 if self.bidirectional else 1)
+        self.head = nn.Linear(width, out_features)
+        if cfg.get("tie_weights"):
+            if self.kind != "lm" or not isinstance(self.embed, nn.Embedding):
+                raise UserError("model.tie_weights=true shares the input embedding with the output layer: "
+                                "only for language modelling")
+            if int(cfg.embedding_size) != width:
+                raise UserError(f"model.tie_weights=true needs model.embedding_size == model.hidden_size "
+                                f"({cfg.embedding_size} != {width})")
+            self.head.weight = self.embed.weight
+
+    def _set_forget_bias(self, value: float) -> None:
+        """PyTorch orders LSTM gates (input, forget, cell, output); a positive forget bias keeps memory early on."""
+        with torch.no_grad():
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    h = p.shape[0] // 4
+                    p[h:2 * h].fill_(value)
+                elif name.startswith("bias_hh"):
+                    p[p.shape[0] // 4:p.shape[0] // 2].zero_()
+
+    def step(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """Outputs for x given the carried state, and the new state: incremental decoding for `dl sample`."""
+        out, state = self.rnn(self.embed(x), state)
+        return self.head(self.drop(out)), state
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, state = self.rnn(self.embed(x))
+        if self.per_step:
+            return self.head(self.drop(out))
+        if self.pool == "mean":
+            feat = out.mean(1)
+        elif self.pool == "max":
+            feat = out.amax(1)
+        elif self.bidirectional:  # forward direction's last step + backward direction's first step
+            h = out.shape[-1] // 2
+            feat = torch.cat([out[:, -1, :h], out[:, 0, h:]], -1)
+        else:
+            feat = out[:, -1]
+        return self.head(self.drop(feat))
+
+
+def build(cfg: Any, meta: dict) -> RecurrentNet:
+    return RecurrentNet(cfg, meta)
