@@ -83,6 +83,8 @@ def evaluate_cli(paths: list[str], overrides: list[str], split: str = "test", as
         r = restore(path, overrides)
         task = restore_task(r)
         metrics = evaluate_split(r.model, task, split, int(r.cfg.trainer.eval_batch_size), r.runtime)
+        if split == "test":  # as at the end of training (e.g. the grammatical share of sampled sentences)
+            metrics.update(task.final_metrics(r.model))
         results.append({"checkpoint": str(r.path) if as_json else f"{r.path.parent.parent.name}/{r.path.name}", "model": r.cfg.model.name, "dataset": r.cfg.dataset.name,
                         "split": split, "epoch": r.ckpt.get("epoch"), "examples": task.size(split),
                         **{f"{split}/{k}": v for k, v in metrics.items()}})

@@ -122,12 +122,68 @@ def predict_split(model: torch.nn.Module, task: Any, split: str, batch_size: int
     return torch.cat(ys), torch.cat(ps)
 
 
+def grad_through_time(model: torch.nn.Module, task: Any, batch_size: int = 64) -> torch.Tensor | None:
+    """||dLoss/d state_t|| per time step t (mean over a val batch) for one-direction recurrent models; the
+    state is h_t, plus the cell c_t for an LSTM (where its long-term memory lives).
+
+    How much of the error signal reaches each step through the recurrence: it fades towards early steps when
+    gradients vanish (a plain RNN on a long sequence) and stays up when gates carry it (LSTM, GRU)."""
+    if not hasattr(model, "unrolled") or getattr(model, "bidirectional", False):
+        return None
+    outs: list[torch.Tensor] = []
+    carried: list[tuple[torch.Tensor, ...]] = []
+
+    class Unrolled(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, step_outs, step_states = model.unrolled(x)
+            outs.extend(step_outs)
+            carried.extend(step_states)
+            return model.readout(out)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            loss, _ = task.step(Unrolled(), next(task.batches("val", batch_size)))
+            if not loss.requires_grad:  # nothing trainable upstream (echo-state): still a graph from h_t
+                return None
+            loss.backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    norms = []
+    for out, parts in zip(outs, carried):
+        grads = [p.grad[-1] if p.grad is not None else torch.zeros_like(p[-1]) for p in parts]  # top layer
+        if out.grad is not None:
+            grads[0] = grads[0] + out.grad[:, 0]  # h_t also reaches the loss through the readout
+        norms.append(torch.cat(grads, -1).float().norm(dim=-1).mean())
+    return torch.stack(norms).cpu()
+
+
+def grad_time_plot(norms: torch.Tensor, path: Path, title: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(range(1, len(norms) + 1), norms.numpy(), marker="o" if len(norms) <= 60 else None, markersize=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("||dLoss / d state_t||  (mean over a val batch)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_run(run_dir: Path, rows: list[dict], task: Any, model: torch.nn.Module, runtime: Any,
              batch_size: int) -> list[Path]:
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     name = run_dir.name
     paths = [learning_curves(rows, out / "curves.png", name)]
+    norms = grad_through_time(model, task)
+    if norms is not None and norms.sum() > 0:
+        paths.append(grad_time_plot(norms, out / "grad_time.png", f"gradient reaching each step: {name}"))
     if task.kind not in ("classify", "regress"):
         return paths
     true, pred = predict_split(model, task, "test", batch_size)

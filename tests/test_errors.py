@@ -59,6 +59,17 @@ TRAIN_CASES = [
     ("bad-precision", ["trainer.precision=fp8"], "trainer.precision=fp8: choose one of", {}),
     ("cnn-too-deep", ["model=cnn", "model.channels=[8,8,8,8,8,8]"], "shrinks the", {}),
     ("bad-group-in-eval-style", ["device=tpu"], "device=tpu: no such device", {}),
+    ("bidirectional-lm", ["model=lstm", "model.bidirectional=true"], "cannot do language modelling", {}),
+    ("lstm-on-images", ["model=lstm", "dataset=mnist"], "model=lstm does not fit dataset=mnist", {}),
+    ("cnn-on-text", ["model=cnn", "dataset=grammar"], "datasets for cnn: fashion_mnist, mnist, shapes", {}),
+    ("text-no-path", ["model=gru", "dataset=text"], "dataset=text needs dataset.path", {}),
+    ("text-not-utf8", ["model=gru", "dataset=text", "dataset.path=l.txt"], "not UTF-8",
+     {"l.txt": "caf\xe9 ".encode("latin-1") * 200}),
+    ("leak-out-of-range", ["model=rnn", "model.leak_alpha=1.5"], "model.leak_alpha=1.5: must be in [0, 1)", {}),
+    ("tie-weights-sizes", ["model=lstm", "model.tie_weights=true"], "needs model.embedding_size == model.hidden_size",
+     {}),
+    ("block-longer-than-text", ["model=rnn", "dataset=grammar", "dataset.n_sentences=50", "dataset.block_size=4000"],
+     "shorter than dataset.block_size=4000", {}),
 ]
 if importlib.util.find_spec("tensorboard") is None:
     TRAIN_CASES.append(("tensorboard-missing", ["logger=tensorboard"], "needs the tensorboard package", {}))

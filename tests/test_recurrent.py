@@ -30,6 +30,17 @@ def test_each_cell_lowers_the_loss_on_each_task(dl, cell, dataset):
     assert rows[-1]["loss"] < rows[0]["loss"], rows
 
 
+def test_the_mission_command_learns_the_grammar(dl):
+    """`dl train model=lstm optimizer=adam` as typed: offline, < 2 min here, >= 90% grammatical samples."""
+    dl.ok("train", "model=lstm", "optimizer=adam")
+    run = dl.last_run()
+    s = summary(run)
+    assert s["test"]["test/valid"] >= 0.9 and s["test"]["test/sentences"] > 100
+    res = dl.ok("sample", str(run / "checkpoints" / "best.pt"), "-n", "3", "--max-new-tokens", "200")
+    valid, total = map(int, res.stderr.split("grammatical: ")[1].split()[0].split("/"))
+    assert total >= 10 and valid / total >= 0.8
+
+
 def test_lm_metrics_sampling_and_its_knobs(dl):
     dl.ok("train", "model=lstm", "dataset=grammar", "trainer.epochs=2", *TASKS["grammar"], *TINY)
     run = dl.last_run()
@@ -68,6 +79,13 @@ def test_text_dataset_word_level(dl):
     assert "test/bpc" not in s["test"] and s["test"]["test/acc"] > 0.5
     res = dl.ok("sample", str(dl.last_run()), "--prompt", "the quick", "--top-k", "1", "--max-new-tokens", "3")
     assert res.stdout.startswith("the quick brown fox jumps")
+    # Evaluating on other text keeps the model's own vocabulary (ids must mean what they meant in training).
+    (dl.cwd / "other.txt").write_text("a lazy dog jumps over the quick brown fox\n" * 100)
+    out = json.loads(dl.ok("eval", str(dl.last_run()), "dataset.path=other.txt", "--json").stdout)
+    assert out["test/loss"] > 0
+    (dl.cwd / "alien.txt").write_text("zebras graze quietly\n" * 100)
+    res = dl("eval", str(dl.last_run()), "dataset.path=alien.txt")
+    assert res.returncode == 2 and "outside the model's vocabulary" in res.stderr
 
 
 def _net(name: str, kind: str = "lm", **kw) -> RecurrentNet:

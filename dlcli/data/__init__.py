@@ -39,6 +39,8 @@ def build_task(cfg: Any, loss_cfg: Any, device: torch.device, stored_meta: dict 
     kwargs = {}
     if stored_meta and "preprocessing" in stored_meta:
         kwargs["preprocessing"] = stored_meta["preprocessing"]
+    if stored_meta and stored_meta.get("kind") == "lm":
+        kwargs["vocab"] = stored_meta["vocab"]  # token ids must mean what they meant in training
     task = getattr(importlib.import_module(module), fn)(cfg, loss_cfg, **kwargs)
     task.meta["kind"] = task.kind  # models pick their head (many-to-one / many-to-many) from it
     for split in ("train", "val", "test"):

@@ -97,17 +97,22 @@ def detokenize(tokens: list[str], level: str) -> str:
     return " ".join(tokens).replace(" \n ", "\n").replace(" \n", "\n")
 
 
-def lm_task(text: str, cfg: Any, loss_cfg: Any, extra_meta: dict | None = None) -> LMTask:
+def lm_task(text: str, cfg: Any, loss_cfg: Any, extra_meta: dict | None = None,
+            vocab: list[str] | None = None) -> LMTask:
+    """vocab: a trained model's vocabulary (dl eval on new text); else built from this text."""
     level = str(cfg.get("level", "char"))
     tokens = tokenize(text, level)
     counts = Counter(tokens)
-    min_freq = int(cfg.get("min_freq", 1))
-    vocab = sorted(t for t, c in counts.items() if c >= min_freq)
-    unk = None
-    if len(vocab) < len(counts):
-        unk = "<unk>"
-        vocab.append(unk)
+    if vocab is None:
+        vocab = sorted(t for t, c in counts.items() if c >= int(cfg.get("min_freq", 1)))
+        if len(vocab) < len(counts):
+            vocab.append("<unk>")
+    unk = "<unk>" if "<unk>" in vocab else None
     index = {t: i for i, t in enumerate(vocab)}
+    unseen = sorted(t for t in counts if t not in index)
+    if unseen and unk is None:
+        raise UserError(f"the text has {len(unseen)} token(s) outside the model's vocabulary: "
+                        f"{', '.join(repr(t) for t in unseen[:10])}")
     ids = torch.tensor([index.get(t, index.get(unk, 0)) for t in tokens], dtype=torch.long)
     val_n = int(len(ids) * float(cfg.val_fraction))
     test_n = int(len(ids) * float(cfg.test_fraction))
@@ -189,23 +194,23 @@ def is_grammatical(sentence: str) -> bool:
     return pos == len(toks) - 1 and toks[-1] == "."
 
 
-def grammar(cfg: Any, loss_cfg: Any) -> LMTask:
+def grammar(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask:
     rng = random.Random(int(cfg.seed))
     n = int(cfg.n_sentences)
     if n < 50:
         raise UserError(f"dataset.n_sentences={n}: use at least 50")
     text = "\n".join(grammar_sentence(rng, float(cfg.relative_p)) for _ in range(n)) + "\n"
-    return lm_task(text, cfg, loss_cfg, {"validator": "grammar"})
+    return lm_task(text, cfg, loss_cfg, {"validator": "grammar"}, vocab)
 
 
-def shakespeare(cfg: Any, loss_cfg: Any) -> LMTask:
+def shakespeare(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask:
     files = find_or_download("tiny-shakespeare", cfg.root, SHAKESPEARE["subdirs"],
                              {SHAKESPEARE["file"]: SHAKESPEARE["sha256"]}, cfg.get("url") or SHAKESPEARE["url"],
                              bool(cfg.download))
-    return lm_task(files[SHAKESPEARE["file"]].read_text(encoding="utf-8"), cfg, loss_cfg)
+    return lm_task(files[SHAKESPEARE["file"]].read_text(encoding="utf-8"), cfg, loss_cfg, vocab=vocab)
 
 
-def text_file(cfg: Any, loss_cfg: Any) -> LMTask:
+def text_file(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask:
     if cfg.get("path") in (None, "???"):
         raise UserError("dataset=text needs dataset.path=FILE (any UTF-8 text), e.g. dl train model=lstm "
                         "dataset=text dataset.path=book.txt")
@@ -219,7 +224,7 @@ def text_file(cfg: Any, loss_cfg: Any) -> LMTask:
     if len(text) < 4 * int(cfg.block_size):
         raise UserError(f"dataset.path={cfg.path}: {len(text)} characters is too little text for "
                         f"dataset.block_size={cfg.block_size}")
-    return lm_task(text, cfg, loss_cfg)
+    return lm_task(text, cfg, loss_cfg, vocab=vocab)
 
 
 def grammar_validity(texts: list[str]) -> tuple[int, int]:

@@ -127,8 +127,29 @@ class RecurrentNet(nn.Module):
         out, state = self.rnn(self.embed(x), state)
         return self.head(self.drop(out)), state
 
+    def unrolled(self, x: Tensor) -> tuple[Tensor, list[Tensor], list[tuple[Tensor, ...]]]:
+        """The same network called one step at a time, so every h_t is a node of the graph (for the
+        dLoss/dh_t picture; training uses the fused kernel). Returns outputs and, per step, the top layer's
+        output and carried state: h_t (and the LSTM's cell c_t), retain_grad set on all of them."""
+        emb = self.embed(x)
+        state, outs, carried = None, [], []
+        for t in range(emb.shape[1]):
+            out, state = self.rnn(emb[:, t:t + 1], state)
+            parts = state if isinstance(state, tuple) else (state,)  # LSTM carries (h, c)
+            if out.requires_grad:  # not in an echo-state reservoir, where nothing before the readout learns
+                out.retain_grad()
+                for part in parts:
+                    part.retain_grad()
+            outs.append(out)
+            carried.append(parts)
+        return torch.cat(outs, 1), outs, carried
+
     def forward(self, x: Tensor) -> Tensor:
-        out, state = self.rnn(self.embed(x))
+        out, _ = self.rnn(self.embed(x))
+        return self.readout(out)
+
+    def readout(self, out: Tensor) -> Tensor:
+        """Per-step logits (tag, lm) or one output from the pooled steps (classify, regress)."""
         if self.per_step:
             return self.head(self.drop(out))
         if self.pool == "mean":
