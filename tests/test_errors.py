@@ -24,7 +24,7 @@ class Evil:
 
 # (id, arguments, what stderr must say, files to create first)
 TRAIN_CASES = [
-    ("unknown-model", ["model=foo"], "model=foo: no such model; choose one of: cnn, mlp", {}),
+    ("unknown-model", ["model=foo"], "model=foo: no such model; choose one of: cnn, gru, lstm, mlp, rnn", {}),
     ("unknown-optimizer", ["optimizer=adamm"], "did you mean adam?", {}),
     ("wrong-type", ["trainer.epochs=abc"], "trainer.epochs must be an integer", {}),
     ("unknown-key", ["trainer.epocs=3"], "no key 'trainer.epocs' (did you mean trainer.epochs?)", {}),

@@ -80,7 +80,7 @@ def test_text_dataset_word_level(dl):
     res = dl.ok("sample", str(dl.last_run()), "--prompt", "the quick", "--top-k", "1", "--max-new-tokens", "3")
     assert res.stdout.startswith("the quick brown fox jumps")
     # Evaluating on other text keeps the model's own vocabulary (ids must mean what they meant in training).
-    (dl.cwd / "other.txt").write_text("a lazy dog jumps over the quick brown fox\n" * 100)
+    (dl.cwd / "other.txt").write_text("the lazy dog jumps over the quick brown fox\n" * 100)
     out = json.loads(dl.ok("eval", str(dl.last_run()), "dataset.path=other.txt", "--json").stdout)
     assert out["test/loss"] > 0
     (dl.cwd / "alien.txt").write_text("zebras graze quietly\n" * 100)
@@ -147,3 +147,26 @@ def test_grammar_generator_and_parser_agree():
     assert not is_grammatical("the cats that the dog hears chases the bird .")  # agreement broken
     assert not is_grammatical("the cat sees the .")
     assert grammar_validity(["\nthe cat sees .\nthe cats sees .\nthe do"]) == (1, 2)
+
+
+def test_gradient_through_time_vanishes_for_a_contracting_rnn_not_for_an_open_lstm():
+    from dlcli.data.sequence import adding
+    from dlcli.plots import grad_through_time
+
+    data = OmegaConf.create({"name": "adding", "seq_len": 30, "n_samples": 200, "val_fraction": 0.2,
+                             "test_fraction": 0.2, "seed": 0})
+    task = adding(data, OmegaConf.create({"name": "auto"}))
+    task.meta["kind"] = "regress"
+    torch.manual_seed(0)
+    common = {"embedding_size": 8, "hidden_size": 16, "num_layers": 1, "bidirectional": False, "dropout": 0.0,
+              "pool": "last", "tie_weights": False, "nonlinearity": "tanh"}
+    rnn = RecurrentNet(OmegaConf.create({"name": "rnn", **common}), task.meta)
+    with torch.no_grad():
+        rnn.rnn.weight_hh_l0.mul_(0.1)  # a strongly contracting recurrence
+    lstm = RecurrentNet(OmegaConf.create({"name": "lstm", "forget_bias": 30.0, **common}), task.meta)
+    r, l = grad_through_time(rnn, task), grad_through_time(lstm, task)
+    assert len(r) == len(l) == 30
+    assert r[0] < r[-1] * 1e-6           # vanished (it underflows to 0 here)
+    # A forget gate of ~1 carries the signal back: nothing decays towards the first step (measured over seeds
+    # 0-3: first/last >= 3.7e-3, and the first step is never the smallest).
+    assert l[0] > l[-1] * 1e-3 and l[0] > l.min()
