@@ -70,11 +70,20 @@ def train_cli(args: list[str]) -> None:
     if any(f in PASSTHROUGH for f in flags):
         _call_hydra(flags, overrides)
         return
+    from dlcli.resume import resume_overrides
+
+    overrides, resume_dir = resume_overrides(overrides)
+    if resume_dir is not None and multirun:
+        raise UserError("trainer.resume continues one run; it cannot go with -m (resume each job on its own)")
     configs = compose_jobs(overrides, multirun)
     from dlcli.train import check_config
 
     for cfg in configs:
         check_config(cfg)
+    if resume_dir is not None:
+        from dlcli.resume import check_resumable
+
+        check_resumable(Path(configs[0].trainer.resume), configs[0])
     if multirun:
         sweep_dir = _user_dir(overrides, "hydra.sweep.dir") or fresh_dir(Path("outputs/sweeps"), "")
         _call_hydra(flags, overrides + [f"hydra.sweep.dir={sweep_dir}"])
@@ -83,7 +92,7 @@ def train_cli(args: list[str]) -> None:
         summarize_sweep(sweep_dir)
     else:
         cfg = configs[0]
-        run_dir = _user_dir(overrides, "hydra.run.dir") or fresh_dir(
+        run_dir = resume_dir or _user_dir(overrides, "hydra.run.dir") or fresh_dir(
             Path("outputs/runs"), f"_{cfg.model.name}_{cfg.dataset.name}")
         _call_hydra(flags, overrides + [f"hydra.run.dir={run_dir}"])
 

@@ -30,10 +30,17 @@ class MetricsLogger:
     """Every record is {step, epoch, split, name: value...}: split is step (train loss every N steps), train, val
     or test. Appended to metrics.jsonl as it happens; metrics.csv is the same as a table."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False):
+    def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int | None = None):
+        """resume_step: continuing a run from a checkpoint taken at this step: keep the history up to it and
+        drop what was logged after it (that part of training is done again)."""
         self.run_dir = run_dir
         self.rows: list[dict[str, Any]] = []
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        path = run_dir / "metrics.jsonl"
+        if resume_step is not None and path.exists():
+            old = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            self.rows = [r for r in old if r["step"] <= resume_step and r["split"] != "test"]
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.rows), encoding="utf-8")
+        self._jsonl = open(path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
             try:

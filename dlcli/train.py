@@ -15,14 +15,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dlcli import __version__
-from dlcli.checkpoint import atomic_save, make_checkpoint
+from dlcli.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from dlcli.data import build_task, check_dataset_config
 from dlcli.errors import UserError, exit_with
 from dlcli.loop import LoopState, evaluate_split, fit, resolve_batch_size
 from dlcli.metrics import MetricsLogger, Reporter, make_console
 from dlcli.models import build_model, check_fit, count_params, summary_table
 from dlcli.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler
-from dlcli.runtime import resolve_device, rng_state, setup
+from dlcli.runtime import resolve_device, rng_state, set_rng_state, setup
 
 MODES = ("min", "max")
 
@@ -79,8 +79,18 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
                                     epoch=state.epoch, step=state.step, best=state.as_dict(),
                                     config_yaml=config_yaml, meta=task.meta), ckpt_dir / f"{which}.pt")
 
-    logger = MetricsLogger(run_dir, tensorboard=bool(cfg.logger.tensorboard))
     state = LoopState()
+    if t.resume:
+        ckpt = load_checkpoint(t.resume, map_location=runtime.device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt["scheduler"] is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        state = LoopState(**ckpt["best"])
+        set_rng_state(ckpt["rng"])  # last: building the model above drew from the RNG
+        reporter.say(f"resuming from {t.resume} (epoch {state.epoch}, step {state.step})")
+    logger = MetricsLogger(run_dir, tensorboard=bool(cfg.logger.tensorboard),
+                           resume_step=state.step if t.resume else None)
     started = time.perf_counter()
     try:
         stopped_by = fit(train_model, task, optimizer, scheduler, interval, runtime, t, logger, reporter, save, state)
@@ -132,6 +142,7 @@ class RunRecord:
 
     def __init__(self, run_dir: Path, cfg: DictConfig):
         self.path = run_dir / "run.json"
+        previous = json.loads(self.path.read_text()) if cfg.trainer.resume and self.path.exists() else None
         self.data = {
             "status": "running",
             "command": " ".join(["dl", "train", *_task_overrides()]),
@@ -144,6 +155,10 @@ class RunRecord:
             "versions": {"dlcli": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "host": platform.node(),
         }
+        if previous:  # resumed: same run, same start; note when it was resumed
+            self.data["started"] = previous.get("started", self.data["started"])
+            self.data["command"] = previous.get("command", self.data["command"])
+            self.data["resumed"] = [*previous.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")]
         self.write()
 
     def write(self) -> None:
@@ -172,12 +187,12 @@ def run_job(cfg: DictConfig) -> float | None:
         summary = run(cfg, run_dir, reporter)
     except UserError as e:
         record.finish("failed", error=str(e))
-        if not (run_dir / "checkpoints").exists():  # failed before training: leave no half-made run behind
+        if not (run_dir / "checkpoints").exists() and not cfg.trainer.resume:  # leave no half-made run behind
             shutil.rmtree(run_dir, ignore_errors=True)
         exit_with(e)
     except KeyboardInterrupt:
         record.finish("interrupted")
-        console.print(f"interrupted; the run dir is {run_dir}")
+        console.print(f"interrupted; continue with: dl train trainer.resume={run_dir}")
         sys.exit(130)
     except BaseException as e:
         record.finish("failed", error=f"{type(e).__name__}: {e}")

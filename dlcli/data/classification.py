@@ -15,6 +15,14 @@ from dlcli.errors import UserError, choices
 SHAPES = ("circle", "square", "triangle", "cross")
 
 
+def label_smoothing_for(loss_cfg: Any, kind: str) -> float:
+    """Class targets take cross-entropy only; returns its label smoothing."""
+    name = loss_cfg.get("name", "auto")
+    if name not in ("auto", "cross_entropy"):
+        raise UserError(f"loss.name={name} does not fit a {kind} task; use cross_entropy (or auto)")
+    return float(loss_cfg.get("label_smoothing", 0.0))
+
+
 class ClassifyTask(Task):
     """x -> class index. Metrics: loss, acc, and top5 when there are more than 5 classes."""
 
@@ -22,10 +30,7 @@ class ClassifyTask(Task):
 
     def __init__(self, splits: dict, meta: dict, loss_cfg: Any):
         super().__init__(splits, meta)
-        name = loss_cfg.get("name", "auto")
-        if name not in ("auto", "cross_entropy"):
-            raise UserError(f"loss.name={name} does not fit a classification task; use cross_entropy (or auto)")
-        self.label_smoothing = float(loss_cfg.get("label_smoothing", 0.0))
+        self.label_smoothing = label_smoothing_for(loss_cfg, "classification")
 
     def step(self, model: nn.Module, batch: tuple) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch

@@ -11,6 +11,17 @@ from pathlib import Path
 from dlcli.errors import UserError
 
 
+def read_user_text(path: str | Path, what: str, encoding: str = "utf-8") -> str:
+    """A file the user named: its text, or one clear line (missing, not UTF-8)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{what}={path}: no such file")
+    try:
+        return p.read_text(encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what}={path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

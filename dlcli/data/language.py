@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from dlcli.data.download import find_or_download
+from dlcli.data.download import find_or_download, read_user_text
 from dlcli.data.sequence import TagTask
 from dlcli.errors import UserError
 
@@ -214,13 +213,7 @@ def text_file(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask
     if cfg.get("path") in (None, "???"):
         raise UserError("dataset=text needs dataset.path=FILE (any UTF-8 text), e.g. dl train model=lstm "
                         "dataset=text dataset.path=book.txt")
-    p = Path(str(cfg.path)).expanduser()
-    if not p.is_file():
-        raise UserError(f"dataset.path={cfg.path}: no such file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"dataset.path={cfg.path}: not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
+    text = read_user_text(cfg.path, "dataset.path")
     if len(text) < 4 * int(cfg.block_size):
         raise UserError(f"dataset.path={cfg.path}: {len(text)} characters is too little text for "
                         f"dataset.block_size={cfg.block_size}")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlcli.data.classification import make_task
+from dlcli.data.classification import label_smoothing_for, make_task
 from dlcli.data.task import Task, split_indices
 from dlcli.errors import UserError
 
@@ -29,10 +29,7 @@ class TagTask(Task):
 
     def __init__(self, splits: dict, meta: dict, loss_cfg: Any):
         super().__init__(splits, meta)
-        name = loss_cfg.get("name", "auto")
-        if name not in ("auto", "cross_entropy"):
-            raise UserError(f"loss.name={name} does not fit a {self.kind} task; use cross_entropy (or auto)")
-        self.label_smoothing = float(loss_cfg.get("label_smoothing", 0.0))
+        self.label_smoothing = label_smoothing_for(loss_cfg, self.kind)
 
     def step(self, model: nn.Module, batch: tuple) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from dlcli.data.classification import make_task
+from dlcli.data.download import read_user_text
 from dlcli.data.task import split_indices
 from dlcli.errors import UserError
 
@@ -20,13 +21,7 @@ MAX_CLASSES_FOR_AUTO = 20
 
 
 def read_csv(path: str | Path, delimiter: str = ",", what: str = "dataset.path") -> tuple[list[str], list[list[str]]]:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"{what}={path}: no such file")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what}={path}: not UTF-8 text (byte {e.start}); save the CSV as UTF-8") from None
+    text = read_user_text(path, what, encoding="utf-8-sig")  # -sig: Excel's byte-order mark
     rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if any(c.strip() for c in r)]
     if len(rows) < 2:
         raise UserError(f"{what}={path}: needs a header row and at least one data row (found {len(rows)} rows)")

@@ -1,0 +1,75 @@
+"""`dl train trainer.resume=RUN_DIR|CKPT|auto`: continue a run in its own directory, exactly where it stopped.
+
+The run's recorded overrides (.hydra/overrides.yaml) are applied again, then the new ones (e.g. trainer.epochs=20 to
+train longer), so the resumed job has the same config. Model, optimizer, scheduler, every RNG, the epoch/step counters,
+best-so-far and early-stopping count come from checkpoints/last.pt; each epoch's data order depends only on
+(seed, epoch); so a resumed CPU run reproduces the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dlcli.errors import UserError
+
+KEY = "trainer.resume"
+
+
+def find_resume_checkpoint(value: str, outputs: Path = Path("outputs")) -> Path:
+    """RUN_DIR -> RUN_DIR/checkpoints/last.pt; a .pt file as is; auto -> the newest unfinished run's last.pt."""
+    if value == "auto":
+        candidates = []
+        for info in outputs.glob("runs/*/run.json"):
+            status = json.loads(info.read_text()).get("status")
+            last = info.parent / "checkpoints" / "last.pt"
+            if status in ("interrupted", "failed", "running") and last.is_file():
+                candidates.append(last)
+        if not candidates:
+            raise UserError(f"trainer.resume=auto: no interrupted or failed run with checkpoints/last.pt under "
+                            f"{outputs}/runs; name one: trainer.resume=outputs/runs/<run>")
+        return max(candidates, key=lambda p: p.stat().st_mtime)
+    path = Path(value).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise UserError(f"trainer.resume={value}: no checkpoint there (give a run dir with checkpoints/last.pt, "
+                        "a .pt file, or auto)")
+    if not (path.parent.parent / ".hydra" / "overrides.yaml").is_file():
+        raise UserError(f"trainer.resume={value}: {path} is not inside a dl run dir (no .hydra/overrides.yaml "
+                        "next to its checkpoints/); resume continues a run made by dl train")
+    return path.resolve()
+
+
+def resume_overrides(overrides: list[str]) -> tuple[list[str], Path | None]:
+    """If the overrides ask to resume: (the run's own overrides + the new ones + the checkpoint, its run dir)."""
+    asked = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == KEY]
+    if not asked:
+        return overrides, None
+    value = asked[-1].split("=", 1)[1]
+    if value in ("", "null", "None"):
+        return [o for o in overrides if o not in asked], None
+    ckpt = find_resume_checkpoint(value)
+    run_dir = ckpt.parent.parent
+    from omegaconf import OmegaConf
+
+    recorded = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    merged: dict[str, str] = {}
+    for o in recorded + [o for o in overrides if o not in asked]:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key != KEY:
+            merged[key] = o  # later wins: a new override replaces the recorded one
+    if "'" in str(ckpt):
+        raise UserError(f"trainer.resume: the path {ckpt} has a quote in it; move the run dir")
+    return [*merged.values(), f"{KEY}='{ckpt}'"], run_dir  # quoted: Hydra's grammar, any path characters
+
+
+def check_resumable(ckpt_path: Path, cfg: object) -> None:
+    """Refuse before anything is written: a run that already did all its epochs has nothing to resume."""
+    from dlcli.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    done, want = int(ckpt["epoch"]), int(cfg.trainer.epochs)  # type: ignore[attr-defined]
+    if done >= want:
+        raise UserError(f"trainer.resume: {ckpt_path.parent.parent.name} already finished {done} of "
+                        f"trainer.epochs={want}; to train longer add trainer.epochs={done + 10} (say)")
