@@ -6,6 +6,7 @@ import importlib.util
 import json
 import platform
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -175,6 +176,14 @@ def _task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+class Terminated(BaseException):
+    """SIGTERM (kill, a scheduler, a container stopping): handled like Ctrl-C, exit 143."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """What Hydra calls per job: the run around run(), with its record and its failure modes."""
     from hydra.core.hydra_config import HydraConfig
@@ -183,6 +192,7 @@ def run_job(cfg: DictConfig) -> float | None:
     record = RunRecord(run_dir, cfg)
     console = make_console()
     reporter = Reporter(console, enabled=bool(cfg.logger.console))
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         summary = run(cfg, run_dir, reporter)
     except UserError as e:
@@ -190,13 +200,15 @@ def run_job(cfg: DictConfig) -> float | None:
         if not (run_dir / "checkpoints").exists() and not cfg.trainer.resume:  # leave no half-made run behind
             shutil.rmtree(run_dir, ignore_errors=True)
         exit_with(e)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as e:
         record.finish("interrupted")
         console.print(f"interrupted; continue with: dl train trainer.resume={run_dir}")
-        sys.exit(130)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     except BaseException as e:
         record.finish("failed", error=f"{type(e).__name__}: {e}")
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     record.finish("completed", device=summary["device"], wall_time_s=summary["wall_time_s"])
     value = summary["best"]["value"]
     return float(value) if value is not None else None

@@ -77,3 +77,19 @@ def test_resume_refusals(dl):
     # Training longer: the finished run continues to the new epoch count in place.
     dl.ok("train", f"trainer.resume={run}", "trainer.epochs=2")
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2 and len(dl.runs()) == 1
+
+
+def test_sigterm_marks_the_run_interrupted_and_it_resumes(dl):
+    env = {**os.environ, "DL_DATA_DIR": str(DATA_DIR)}
+    proc = subprocess.Popen([sys.executable, "-m", "dlcli", "train", *ARGS], cwd=dl.cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (dl.runs() and (dl.runs()[0] / "checkpoints" / "last.pt").exists()):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out + err
+    run = dl.last_run()
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    dl.ok("train", "trainer.resume=auto")  # the newest unfinished run
+    assert json.loads((run / "run.json").read_text())["status"] == "completed" and len(dl.runs()) == 1
