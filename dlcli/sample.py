@@ -30,13 +30,7 @@ def sample_cli(path: str, overrides: list[str], input_path: str | None = None, n
         x, labels = _user_inputs(input_path, r.ckpt["meta"])
         true = None
     else:
-        if num < 1:
-            raise UserError(f"--num {num}: show at least 1 example")
-        task = restore_task(r)
-        n = task.size("test")
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(num, n)].to(task.device)
-        x, true = (t.index_select(0, idx) for t in task.splits["test"])
-        labels = [f"test #{i}" for i in idx.tolist()]
+        x, true, labels = _test_examples(r, num, seed)
     x = x.to(r.runtime.device)
     with torch.no_grad():
         out_t = r.model(x).float()
@@ -76,6 +70,17 @@ def sample_cli(path: str, overrides: list[str], input_path: str | None = None, n
             cells.append(", ".join(f"{v:.4g}" for v in pred[i].tolist()))
             table.add_row(*cells)
         console.print(table)
+
+
+def _test_examples(r: Any, num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """`num` test examples drawn with `seed`: inputs, targets and their labels ("test #i")."""
+    if num < 1:
+        raise UserError(f"--num-samples {num}: show at least 1 example")
+    task = restore_task(r)
+    n = task.size("test")
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(num, n)].to(task.device)
+    x, y = (t.index_select(0, idx) for t in task.splits["test"])
+    return x, y, [f"test #{i}" for i in idx.tolist()]
 
 
 def _user_inputs(input_path: str, meta: dict) -> tuple[torch.Tensor, list[str]]:
@@ -126,10 +131,7 @@ def _save_grid(r: Any, x: torch.Tensor, probs: torch.Tensor, true: torch.Tensor 
 
 def _show_tagging(r: Any, num: int, seed: int) -> None:
     """Sequence in, sequence out (copy memory): the input, the scored target steps and the model's answer."""
-    task = restore_task(r)
-    n = task.size("test")
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(num, n)].to(task.device)
-    x, y = (t.index_select(0, idx) for t in task.splits["test"])
+    x, y, _ = _test_examples(r, num, seed)
     with torch.no_grad():
         pred = r.model(x).argmax(-1)
     vocab, names = r.ckpt["meta"]["vocab"], r.ckpt["meta"]["class_names"]

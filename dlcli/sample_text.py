@@ -8,14 +8,13 @@ from typing import Any
 
 import torch
 
+from dlcli.data.language import detokenize, tokenize
 from dlcli.decoding import generate
 from dlcli.errors import UserError
 from dlcli.metrics import make_console
 
 
 def encode_prompt(text: str, meta: dict) -> list[int]:
-    from dlcli.data.language import tokenize
-
     vocab = meta["vocab"]
     index = {t: i for i, t in enumerate(vocab)}
     tokens = tokenize(text, meta.get("level", "char"))
@@ -61,7 +60,7 @@ def sample_text(r: Any, prompt: str | None = None, prompt_file: str | None = Non
         out = generate(r.model, torch.tensor([ids], device=device), max_new_tokens, temperature, top_k, top_p,
                        gen, on_token=show)
         sys.stdout.write("\n")
-        texts.append(sep.join(vocab[t] for t in out[0].tolist()))
+        texts.append(detokenize([vocab[t] for t in out[0].tolist()], level))
     if meta.get("validator") == "grammar":
         from dlcli.data.language import grammar_validity
 

@@ -70,7 +70,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
     batch_size = resolve_batch_size(t.batch_size, task.size("train"))
     total_steps = task.num_batches("train", batch_size) * int(t.epochs)
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, total_steps, t.mode)
-    _check_monitor(cfg, task, model, runtime)
+    _check_monitor(cfg, task, model)
 
     config_yaml = OmegaConf.to_yaml(cfg)
     ckpt_dir = run_dir / "checkpoints"
@@ -125,7 +125,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
     return summary
 
 
-def _check_monitor(cfg: DictConfig, task: Any, model: torch.nn.Module, runtime: Any) -> None:
+def _check_monitor(cfg: DictConfig, task: Any, model: torch.nn.Module) -> None:
     """trainer.monitor must name a metric this task logs (checked on a tiny batch, before any training)."""
     split, name = str(cfg.trainer.monitor).split("/", 1)
     model.eval()
