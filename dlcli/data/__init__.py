@@ -24,6 +24,16 @@ BUILDERS = {
     "grammar": ("dlcli.data.language", "grammar"),
     "shakespeare": ("dlcli.data.language", "shakespeare"),
     "text": ("dlcli.data.language", "text_file"),
+    "reverse": ("dlcli.data.pairs", "reverse"),
+    "sort": ("dlcli.data.pairs", "sort"),
+    "dates": ("dlcli.data.pairs", "dates"),
+    "addition": ("dlcli.data.pairs", "addition"),
+    "eng_fra": ("dlcli.data.pairs", "eng_fra"),
+    "pairs": ("dlcli.data.pairs", "pairs_file"),
+    "relations": ("dlcli.data.corpus", "relations"),
+    "text8": ("dlcli.data.corpus", "text8"),
+    "gutenberg": ("dlcli.data.corpus", "gutenberg"),
+    "corpus": ("dlcli.data.corpus", "corpus_file"),
 }
 
 

@@ -11,7 +11,10 @@ from dlcli.errors import UserError, choices
 
 # name -> module with build(cfg, meta)
 MODULES = {"mlp": "dlcli.models.mlp", "cnn": "dlcli.models.cnn", "rnn": "dlcli.models.recurrent",
-           "lstm": "dlcli.models.recurrent", "gru": "dlcli.models.recurrent"}
+           "lstm": "dlcli.models.recurrent", "gru": "dlcli.models.recurrent",
+           "seq2seq": "dlcli.models.seq2seq", "attention": "dlcli.models.seq2seq",
+           "transformer": "dlcli.models.transformer",
+           "cbow": "dlcli.models.word2vec", "skipgram": "dlcli.models.word2vec"}
 SEQUENCE_FITS = {("regress", "sequence"), ("classify", "sequence"), ("tag", "sequence"), ("lm", "text")}
 # name -> the (task kind, input) pairs it can learn
 FITS = {
@@ -21,12 +24,21 @@ FITS = {
     "rnn": SEQUENCE_FITS,
     "lstm": SEQUENCE_FITS,
     "gru": SEQUENCE_FITS,
+    "seq2seq": {("seq2seq", "pairs")},
+    "attention": {("seq2seq", "pairs")},
+    "transformer": {("seq2seq", "pairs"), ("lm", "text")},
+    "cbow": {("embedding", "corpus")},
+    "skipgram": {("embedding", "corpus")},
 }
 # dataset name -> (kind, input) of the built-in dataset configs, for listing what a model fits
 DATASET_SHAPES = {"spirals": ("classify", "vector"), "sine": ("regress", "vector"), "shapes": ("classify", "image"),
                   "mnist": ("classify", "image"), "fashion_mnist": ("classify", "image"), "csv": ("auto", "vector"),
                   "adding": ("regress", "sequence"), "parity": ("classify", "sequence"), "copy": ("tag", "sequence"),
-                  "grammar": ("lm", "text"), "shakespeare": ("lm", "text"), "text": ("lm", "text")}
+                  "grammar": ("lm", "text"), "shakespeare": ("lm", "text"), "text": ("lm", "text"),
+                  "reverse": ("seq2seq", "pairs"), "sort": ("seq2seq", "pairs"), "dates": ("seq2seq", "pairs"),
+                  "addition": ("seq2seq", "pairs"), "eng_fra": ("seq2seq", "pairs"), "pairs": ("seq2seq", "pairs"),
+                  "relations": ("embedding", "corpus"), "text8": ("embedding", "corpus"),
+                  "gutenberg": ("embedding", "corpus"), "corpus": ("embedding", "corpus")}
 
 
 def check_fit(model_name: str, dataset_cfg: Any) -> None:
