@@ -64,8 +64,10 @@ def evaluate_split(model: nn.Module, task: Task, split: str, batch_size: int, ru
         with runtime.autocast():
             _, stats = task.step(model, batch)
         total = add_stats(total, stats)
+    metrics = task.summarize(total)
+    metrics.update(task.eval_metrics(model, split))
     model.train(was_training)
-    return task.summarize(total)
+    return metrics
 
 
 def fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, scheduler: Any, interval: str,

@@ -131,7 +131,7 @@ def _check_monitor(cfg: DictConfig, task: Any, model: torch.nn.Module) -> None:
     model.eval()
     with torch.no_grad():
         batch = next(task.batches("val", 2))
-        names = task.summarize(task.step(model, batch)[1]).keys()
+        names = [*task.summarize(task.step(model, batch)[1]), *task.eval_metric_names]
     model.train()
     if name not in names:
         raise UserError(f"trainer.monitor={cfg.trainer.monitor}: this {task.kind} task logs "

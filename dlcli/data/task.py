@@ -17,6 +17,7 @@ from torch import Tensor, nn
 class Task:
     kind: str = ""
     monitor_metrics: tuple[str, ...] = ("loss",)
+    eval_metric_names: tuple[str, ...] = ()  # what eval_metrics returns (trainer.monitor may name them)
 
     def __init__(self, splits: dict[str, tuple[Tensor, ...]], meta: dict[str, Any]):
         self.splits = splits
@@ -60,6 +61,11 @@ class Task:
 
     def summarize(self, stats: dict[str, Tensor]) -> dict[str, float]:
         raise NotImplementedError
+
+    def eval_metrics(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Metrics beyond the summed batch stats, measured after each evaluation of `split` (val every epoch, and
+        `dl eval`): e.g. exact match after free decoding, analogy accuracy of embeddings. Keep them cheap."""
+        return {}
 
     def final_metrics(self, model: nn.Module) -> dict[str, float]:
         """Metrics measured once on the final model beyond the loss (e.g. validity of generated samples)."""
