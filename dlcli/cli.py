@@ -111,7 +111,8 @@ def sample(
                                       help="A checkpoint (or run dir), then overrides for its stored config."),
     input_path: Optional[str] = typer.Option(None, "--input", "-i",
                                              help="Classifiers/regressors: predict for this CSV file (mlp) or these "
-                                                  "image files (cnn; comma-separated) instead of test examples."),
+                                                  "image files (cnn; comma-separated) instead of test examples. "
+                                                  "Encoder-decoders: the text to translate (or pipe lines on stdin)."),
     num: int = typer.Option(None, "--num-samples", "-n",
                             help="How many test examples to show (default 10), or texts to generate (default 1)."),
     out: Optional[str] = typer.Option(None, "--out", "-o",
@@ -129,6 +130,10 @@ def sample(
                                                               "tokens only (1 = greedy)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Language models: nucleus sampling, the smallest "
                                                                 "set of tokens holding this much probability."),
+    beam: int = typer.Option(1, "--beam", help="Encoder-decoders: beam search with this many beams (1 = greedy)."),
+    attention_plot: Optional[str] = typer.Option(None, "--attention-plot",
+                                                 help="Encoder-decoders: save the cross-attention heatmap (source x "
+                                                      "output tokens; per head for the transformer) to this .png."),
 ) -> None:
     """Show what a trained model predicts or generates.
 
@@ -148,7 +153,8 @@ def sample(
             raise UserError(f"dl sample takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
         lm = {"prompt": prompt, "prompt_file": prompt_file, "max_new_tokens": max_new_tokens,
               "temperature": temperature, "top_k": top_k, "top_p": top_p}
-        sample_cli(paths[0], overrides, input_path=input_path, num=num, out=out, seed=seed, lm=lm)
+        sample_cli(paths[0], overrides, input_path=input_path, num=num, out=out, seed=seed, lm=lm,
+                   seq2seq={"beam": beam, "attention_plot": attention_plot})
 
     _guard(go)
 

@@ -85,6 +85,8 @@ def fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedule
     model.train()
     for epoch in range(state.epoch + 1, epochs + 1):
         t0 = time.perf_counter()
+        if hasattr(model, "set_epoch"):  # per-epoch schedules inside a model (teacher forcing)
+            model.set_epoch(epoch, epochs)
         total = None
         loss = torch.zeros(())
         with reporter.epoch_progress(epoch, epochs, task.num_batches("train", batch_size)) as advance:

@@ -23,7 +23,7 @@ def learning_curves(rows: list[dict], path: Path, title: str) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val")}
-    names = [k for k in ("acc", "r2", "bpc", "seq_acc") if any(k in r for r in by_split["val"])][:1]
+    names = [k for k in ("exact", "acc", "r2", "bpc", "seq_acc") if any(k in r for r in by_split["val"])][:1]
     fig, axes = plt.subplots(1, 1 + len(names), figsize=(5.5 * (1 + len(names)), 4), squeeze=False)
     for ax, name in zip(axes[0], ["loss", *names]):
         for split, style in (("train", "-"), ("val", "-o")):
@@ -184,6 +184,8 @@ def plot_run(run_dir: Path, rows: list[dict], task: Any, model: torch.nn.Module,
     norms = grad_through_time(model, task)
     if norms is not None and norms.sum() > 0:
         paths.append(grad_time_plot(norms, out / "grad_time.png", f"gradient reaching each step: {name}"))
+    if task.kind == "seq2seq":
+        return paths + seq2seq_plots(run_dir, task, model, out, name)
     if task.kind not in ("classify", "regress"):
         return paths
     true, pred = predict_split(model, task, "test", batch_size)
@@ -195,3 +197,80 @@ def plot_run(run_dir: Path, rows: list[dict], task: Any, model: torch.nn.Module,
     elif task.kind == "regress":
         paths.append(prediction_scatter(true, pred, out / "predictions.png", f"test predictions: {name}"))
     return paths
+
+
+def attention_heatmaps(examples: list[tuple[list[str], list[str], torch.Tensor]], path: Path, title: str) -> Path:
+    """One heatmap per example (and per head): output tokens down, source tokens across, weight = colour."""
+    plt = _plt()
+    heads = max(w.shape[0] if w.dim() == 3 else 1 for _, _, w in examples)
+    widest = max(max(len(s), len(o)) for s, o, _ in examples)
+    cell = min(0.32, 6.0 / max(widest, 1))
+    fig, axes = plt.subplots(len(examples), heads, squeeze=False,
+                             figsize=(max(3.0, 1.2 + cell * widest) * heads, max(2.5, 1.0 + cell * widest) * len(examples)))
+    for row, (src, outs, w) in zip(axes, examples):
+        w = w if w.dim() == 3 else w[None]
+        for h, ax in enumerate(row):
+            if h >= w.shape[0]:
+                ax.axis("off")
+                continue
+            ax.imshow(w[h, :len(outs), :len(src)].float().numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            ax.set_xticks(range(len(src)), src, fontsize=7, rotation=90 if max(map(len, src), default=1) > 1 else 0)
+            ax.set_yticks(range(len(outs)), outs, fontsize=7)
+            ax.set_xlabel("source")
+            ax.set_ylabel("output")
+            if w.shape[0] > 1:
+                ax.set_title(f"head {h + 1}", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def exact_by_length_plot(by_length: dict[str, dict], path: Path, title: str) -> Path:
+    plt = _plt()
+    lengths = [int(k) for k in by_length]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(lengths, [v["exact"] for v in by_length.values()], color="tab:blue")
+    ax.set_xlabel("source length (tokens)")
+    ax.set_ylabel("exact match (test)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def seq2seq_plots(run_dir: Path, task: Any, model: torch.nn.Module, out: Path, name: str) -> list[Path]:
+    """Exact match by source length (from summary.json) and attention heatmaps for 4 validation examples."""
+    import json
+
+    from dlcli.decoding import greedy_decode
+
+    paths = []
+    by_length = json.loads((run_dir / "summary.json").read_text()).get("exact_by_source_length")
+    if by_length:
+        paths.append(exact_by_length_plot(by_length, out / "exact_by_length.png", f"exact match by length: {name}"))
+    src = task.splits["val"][0][:4]
+    ids, attn = greedy_decode(model, src, task.max_output_len())
+    if attn is not None:
+        examples = []
+        for i in range(len(src)):
+            source = [task.meta["src_vocab"][t] for t in src[i].tolist() if t != 0]
+            output = output_tokens(ids[i].tolist(), task.meta["tgt_vocab"])
+            examples.append((source, output, attn[i].cpu()))
+        paths.append(attention_heatmaps(examples, out / "attention.png", f"attention (val examples): {name}"))
+    return paths
+
+
+def output_tokens(ids: list[int], vocab: list[str]) -> list[str]:
+    """Decoded ids up to and including <eos> (what each attention row was computed for)."""
+    tokens = []
+    for i in ids:
+        tokens.append(vocab[i])
+        if i == 2:
+            break
+    return tokens

@@ -14,9 +14,14 @@ from dlcli.evaluate import restore, restore_task
 
 
 def sample_cli(path: str, overrides: list[str], input_path: str | None = None, num: int | None = None,
-               out: str | None = None, seed: int = 0, lm: dict | None = None) -> None:
+               out: str | None = None, seed: int = 0, lm: dict | None = None, seq2seq: dict | None = None) -> None:
     r = restore(path, overrides)
     kind = r.ckpt["meta"].get("kind") or ("classify" if "num_classes" in r.ckpt["meta"] else "regress")
+    if kind == "seq2seq":
+        from dlcli.sample_seq2seq import sample_seq2seq
+
+        sample_seq2seq(r, input_path, num, seed, **(seq2seq or {}))
+        return
     if kind == "lm":
         from dlcli.sample_text import sample_text
 

@@ -102,6 +102,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
         test = evaluate_split(model, task, "test", int(t.eval_batch_size), runtime)
         test.update(task.final_metrics(model))
         logger.log(state.step, state.epoch, "test", test)
+        breakdown = task.breakdown(model)
     finally:
         logger.close()
     wall = time.perf_counter() - started
@@ -114,7 +115,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
         "best": {"metric": str(t.monitor), "mode": str(t.mode), "value": state.best_value,
                  "epoch": state.best_epoch},
         "final": final, "test": {f"test/{k}": v for k, v in test.items()},
-        "params": params, "wall_time_s": round(wall, 3), "device": str(runtime.device),
+        "params": params, "wall_time_s": round(wall, 3), "device": str(runtime.device), **breakdown,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if t.plots:

@@ -28,8 +28,8 @@ BUILDERS = {
     "sort": ("dlcli.data.pairs", "sort"),
     "dates": ("dlcli.data.pairs", "dates"),
     "addition": ("dlcli.data.pairs", "addition"),
-    "eng_fra": ("dlcli.data.pairs", "eng_fra"),
-    "pairs": ("dlcli.data.pairs", "pairs_file"),
+    "eng_fra": ("dlcli.data.translation", "eng_fra"),
+    "pairs": ("dlcli.data.translation", "pairs_file"),
     "relations": ("dlcli.data.corpus", "relations"),
     "text8": ("dlcli.data.corpus", "text8"),
     "gutenberg": ("dlcli.data.corpus", "gutenberg"),
@@ -51,6 +51,8 @@ def build_task(cfg: Any, loss_cfg: Any, device: torch.device, stored_meta: dict 
         kwargs["preprocessing"] = stored_meta["preprocessing"]
     if stored_meta and stored_meta.get("kind") == "lm":
         kwargs["vocab"] = stored_meta["vocab"]  # token ids must mean what they meant in training
+    if stored_meta and stored_meta.get("kind") == "seq2seq":
+        kwargs["stored_meta"] = stored_meta  # the same for both vocabularies
     task = getattr(importlib.import_module(module), fn)(cfg, loss_cfg, **kwargs)
     task.meta["kind"] = task.kind  # models pick their head (many-to-one / many-to-many) from it
     for split in ("train", "val", "test"):

@@ -6,6 +6,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from dlcli.errors import UserError
@@ -30,8 +31,9 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def download(url: str, dest: Path, sha256: str) -> Path:
-    """Fetch url to dest through dest.part; a sha256 mismatch removes the partial file and raises UserError."""
+def download(url: str, dest: Path, sha256: str | None) -> Path:
+    """Fetch url to dest through dest.part; a sha256 mismatch removes the partial file and raises UserError.
+    sha256=None only where the content is checked after unpacking (download_zip_member)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,7 @@ def download(url: str, dest: Path, sha256: str) -> Path:
         part.unlink(missing_ok=True)
         reason = getattr(e, "reason", e)
         raise UserError(f"could not download {url} ({reason})") from None
-    if h.hexdigest() != sha256:
+    if sha256 is not None and h.hexdigest() != sha256:
         part.unlink(missing_ok=True)
         raise UserError(f"download of {url} has sha256 {h.hexdigest()[:16]}…, expected {sha256[:16]}…; "
                         "the partial file was removed (a bad mirror or a broken transfer): try again")
@@ -60,10 +62,11 @@ def download(url: str, dest: Path, sha256: str) -> Path:
 
 
 def find_or_download(name: str, root: str | Path, subdirs: tuple[str, ...], files: dict[str, str], base_url: str,
-                     allow_download: bool) -> dict[str, Path]:
+                     allow_download: bool, fetch: Callable[[str, Path, str], Path] | None = None) -> dict[str, Path]:
     """Return {filename: path}. Looks in root/<subdir>/ for each subdir, then root/; downloads into root/<subdirs[0]>/.
 
     `files` maps each file name to its sha256. A present file with the wrong checksum is an error, not re-fetched.
+    fetch(file name, destination, sha256) replaces the plain <base_url>/<file> download (e.g. a zip member).
     """
     root = Path(root).expanduser()
     for folder in [root / s for s in subdirs] + [root]:
@@ -84,8 +87,31 @@ def find_or_download(name: str, root: str | Path, subdirs: tuple[str, ...], file
             out[f] = path
             continue
         try:
-            out[f] = download(base_url.rstrip("/") + "/" + f, path, digest)
+            out[f] = fetch(f, path, digest) if fetch else download(base_url.rstrip("/") + "/" + f, path, digest)
         except UserError as e:
             raise UserError(f"{name} not found under {root} and {e}; put the files in {target} "
                             "or set DL_DATA_DIR / dataset.root to a directory that has them") from None
     return out
+
+
+def download_zip_member(url: str, member: str, dest: Path, sha256: str) -> Path:
+    """Fetch a zip, extract one member to dest and check the member's sha256 (the archive's own bytes may differ
+    between mirrors; the text we train on may not)."""
+    import zipfile
+
+    archive = download(url, dest.with_name(dest.name + ".zip"), None)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with zipfile.ZipFile(archive) as z, z.open(member) as src, open(part, "wb") as out:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                out.write(chunk)
+    except (zipfile.BadZipFile, KeyError) as e:
+        part.unlink(missing_ok=True)
+        raise UserError(f"{url} is not the expected archive ({e})") from None
+    finally:
+        archive.unlink(missing_ok=True)
+    if sha256_of(part) != sha256:
+        part.unlink(missing_ok=True)
+        raise UserError(f"{member} from {url} has the wrong sha256 (a different version); the file was removed")
+    os.replace(part, dest)
+    return dest

@@ -67,6 +67,10 @@ class Task:
         `dl eval`): e.g. exact match after free decoding, analogy accuracy of embeddings. Keep them cheap."""
         return {}
 
+    def breakdown(self, model: nn.Module, split: str = "test") -> dict[str, Any]:
+        """Structured results for summary.json beyond flat metrics (e.g. exact match per input length)."""
+        return {}
+
     def final_metrics(self, model: nn.Module) -> dict[str, float]:
         """Metrics measured once on the final model beyond the loss (e.g. validity of generated samples)."""
         return {}

@@ -81,7 +81,7 @@ def summary_table(model: nn.Module, example: Any, title: str) -> tuple[Any, str]
     model.eval()
     try:
         with torch.no_grad():
-            model(example)
+            model(*example) if isinstance(example, tuple) else model(example)
     finally:
         for h in hooks:
             h.remove()
