@@ -11,7 +11,7 @@ from torch import nn
 from dlcli.errors import UserError, choices
 
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
-SCHEDULERS = ("none", "step", "cosine", "warmup_cosine", "onecycle", "plateau")
+SCHEDULERS = ("none", "step", "cosine", "linear", "warmup_cosine", "onecycle", "plateau")
 
 
 def check_optimizer(opt: Any) -> None:
@@ -59,6 +59,14 @@ def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total_steps, 1),
                                                           eta_min=float(cfg.min_lr)), "step"
+    if name == "linear":  # word2vec: from start_lr (model.alpha) down to min_lr (model.min_alpha) over all steps
+        if cfg.get("start_lr") is not None:
+            for g in optimizer.param_groups:
+                g["lr"] = float(cfg.start_lr)
+        base = optimizer.param_groups[0]["lr"]
+        drop = 1 - float(cfg.min_lr) / base if base > 0 else 0.0
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 1 - drop * min(step / max(total_steps, 1), 1.0)), "step"
     if name == "warmup_cosine":
         warm = float(cfg.warmup)
         warm_steps = int(warm * total_steps) if warm < 1 else int(warm)

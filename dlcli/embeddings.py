@@ -1,0 +1,347 @@
+"""Word vectors after training: neighbours, analogies, word-similarity, word2vec text/binary export, a PCA map, and
+the `dl sample` / `dl export` commands for embedding checkpoints.
+
+Scores follow gensim's KeyedVectors so numbers compare: cosine similarity; analogies by 3CosAdd over the most
+frequent `restrict` words, the three question words excluded; similarity as Spearman's rho over pairs in vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dlcli.errors import UserError
+
+RESTRICT = 300_000  # gensim's evaluate_word_analogies(restrict_vocab=300000)
+
+
+def unit_rows(vectors: Tensor) -> Tensor:
+    v = vectors.float()
+    return v / v.norm(dim=1, keepdim=True).clamp(min=1e-8)
+
+
+# --------------------------------------------------------------------------------------------------------- files
+def read_analogies(path: str | Path, lowercase: bool = True) -> list[tuple[str, list[str]]]:
+    """questions-words.txt: `: section` headers, then four words a line. A malformed line is an error naming it."""
+    from dlcli.data.download import read_user_text
+
+    out, section = [], None
+    for n, line in enumerate(read_user_text(path, "dataset.analogies").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(":"):
+            section = line[1:].strip() or f"section@{n}"
+            continue
+        words = line.split()
+        if len(words) != 4:
+            raise UserError(f"dataset.analogies={path}: line {n} has {len(words)} word(s), expected 4 "
+                            f"(a b c d: a is to b as c is to d): {line[:60]!r}")
+        if section is None:
+            raise UserError(f"dataset.analogies={path}: line {n} comes before any ': section' header")
+        out.append((section, [w.lower() for w in words] if lowercase else words))
+    if not out:
+        raise UserError(f"dataset.analogies={path}: no questions found (expected ': section' lines, then "
+                        "four words a line)")
+    return out
+
+
+def read_similarity(path: str | Path, lowercase: bool = True) -> list[tuple[str, str, float]]:
+    """`word1 word2 score` a line (tabs or spaces; `#` comments and a header line without a number skipped)."""
+    from dlcli.data.download import read_user_text
+
+    out = []
+    for n, line in enumerate(read_user_text(path, "dataset.similarity").splitlines(), 1):
+        parts = line.strip().split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            score = float(parts[2])
+        except ValueError:
+            if n == 1:  # a header such as "Word 1  Word 2  Human (mean)"
+                continue
+            raise UserError(f"dataset.similarity={path}: line {n} is not `word1 word2 score`: "
+                            f"{line.strip()[:60]!r}") from None
+        a, b = (parts[0].lower(), parts[1].lower()) if lowercase else (parts[0], parts[1])
+        out.append((a, b, score))
+    if not out:
+        raise UserError(f"dataset.similarity={path}: no `word1 word2 score` lines found")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- measures
+def neighbours(unit: Tensor, vocab: list[str], query: Tensor, exclude: list[list[int]], topn: int
+               ) -> list[list[tuple[str, float]]]:
+    """Most cosine-similar words to each query vector, the excluded ids left out."""
+    q = query / query.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    scores = q @ unit.T
+    for i, ex in enumerate(exclude):
+        scores[i, ex] = -math.inf
+    top = scores.topk(min(topn, unit.shape[0] - 1), dim=1)
+    return [[(vocab[j], float(s)) for s, j in zip(vals.tolist(), idx.tolist())]
+            for vals, idx in zip(top.values, top.indices)]
+
+
+def analogy_accuracy(unit: Tensor, index: dict[str, int], questions: list[tuple[str, list[str]]],
+                     restrict: int = RESTRICT, chunk: int = 512) -> dict[str, Any]:
+    """3CosAdd (b - a + c) over the `restrict` most frequent words; questions with a word outside them are counted
+    as out-of-vocabulary, not silently dropped. Returns {correct, answered, oov, accuracy, sections{...}}."""
+    limit = min(restrict, unit.shape[0])
+    sub = unit[:limit]
+    ids, names, oov = [], [], 0
+    for section, words in questions:
+        q = [index.get(w, limit) for w in words]
+        if max(q) >= limit:
+            oov += 1
+            continue
+        ids.append(q)
+        names.append(section)
+    correct = torch.zeros(0, dtype=torch.bool)
+    if ids:
+        q = torch.tensor(ids, device=unit.device)
+        hits = []
+        for s in range(0, len(q), chunk):
+            a, b, c, d = q[s:s + chunk].unbind(1)
+            scores = (sub[b] - sub[a] + sub[c]) @ sub.T
+            rows = torch.arange(len(a), device=unit.device)
+            for col in (a, b, c):
+                scores[rows, col] = -math.inf
+            hits.append((scores.argmax(1) == d).cpu())
+        correct = torch.cat(hits)
+    sections: dict[str, list[int]] = {}
+    for name, ok in zip(names, correct.tolist()):
+        s = sections.setdefault(name, [0, 0])
+        s[0] += ok
+        s[1] += 1
+    answered = len(ids)
+    right = int(correct.sum())
+    return {"correct": right, "answered": answered, "oov": oov, "total": len(questions),
+            "accuracy": right / answered if answered else float("nan"), "sections": sections}
+
+
+def ranks(x: Tensor) -> Tensor:
+    """Ranks with ties averaged (as Spearman's rho needs)."""
+    order = x.argsort()
+    r = torch.empty_like(x, dtype=torch.float64)
+    r[order] = torch.arange(1, len(x) + 1, dtype=torch.float64)
+    values, inverse = torch.unique(x, return_inverse=True)
+    sums = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, r)
+    counts = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(r))
+    return (sums / counts)[inverse]
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    ra, rb = ranks(a.double()), ranks(b.double())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp(min=1e-12))
+
+
+def similarity_spearman(unit: Tensor, index: dict[str, int], pairs: list[tuple[str, str, float]]
+                        ) -> dict[str, Any]:
+    """Spearman's rho between human scores and cosine similarity, over the pairs whose words are both known."""
+    known = [(index[a], index[b], s) for a, b, s in pairs if a in index and b in index]
+    oov = len(pairs) - len(known)
+    if len(known) < 2:
+        return {"spearman": float("nan"), "pairs": len(known), "oov": oov}
+    a = torch.tensor([k[0] for k in known], device=unit.device)
+    b = torch.tensor([k[1] for k in known], device=unit.device)
+    cos = (unit[a] * unit[b]).sum(1).cpu()
+    return {"spearman": spearman(cos, torch.tensor([k[2] for k in known])), "pairs": len(known), "oov": oov}
+
+
+# ------------------------------------------------------------------------------------------------ task hooks
+def evaluate_embeddings(task: Any, model: Any, show: bool = False) -> dict[str, float]:
+    """Per evaluation: analogy accuracy and similarity rho (with their OOV counts); neighbours of the probe words
+    printed when `show`."""
+    vocab = task.meta["vocab"]
+    unit = unit_rows(model.vectors())
+    index = {w: i for i, w in enumerate(vocab)}
+    out: dict[str, float] = {}
+    if task.questions:
+        r = analogy_accuracy(unit, index, task.questions)
+        out.update({"analogy": r["accuracy"], "analogy_oov": float(r["oov"])})
+    if task.similarity:
+        r = similarity_spearman(unit, index, task.similarity)
+        out.update({"similarity": r["spearman"], "similarity_oov": float(r["oov"])})
+    if show and task.probes:
+        from dlcli.metrics import make_console
+
+        lines = []
+        for w in task.probes:
+            if w not in index:
+                lines.append(f"  {w}: (not in the vocabulary)")
+                continue
+            near = neighbours(unit, vocab, unit[index[w]][None], [[index[w]]], 5)[0]
+            lines.append(f"  {w}: " + ", ".join(f"{n} {s:.2f}" for n, s in near))
+        make_console().print("nearest neighbours:\n" + "\n".join(lines), highlight=False)
+    return out
+
+
+def finish_run(task: Any, model: Any) -> dict[str, float]:
+    """End of training (test split, best weights): print a few analogies and write vectors.txt into the run dir."""
+    vocab = task.meta["vocab"]
+    unit = unit_rows(model.vectors())
+    index = {w: i for i, w in enumerate(vocab)}
+    out: dict[str, float] = {}
+    if task.questions:
+        r = analogy_accuracy(unit, index, task.questions)
+        out.update({"analogy_correct": float(r["correct"]), "analogy_answered": float(r["answered"]),
+                    "analogy_oov": float(r["oov"])})
+        if task.show:
+            show_analogy_examples(unit, vocab, index, task.questions)
+    run_dir = _hydra_run_dir()
+    if run_dir is not None:  # `dl train`: every run leaves vectors other tools load (not `dl eval`)
+        save_word2vec(run_dir / "vectors.txt", vocab, model.vectors())
+    return out
+
+
+def show_analogy_examples(unit: Tensor, vocab: list[str], index: dict[str, int],
+                          questions: list[tuple[str, list[str]]], per_section: int = 2) -> None:
+    from dlcli.metrics import make_console
+
+    seen: dict[str, int] = {}
+    lines = []
+    for section, (a, b, c, d) in questions:
+        if seen.get(section, 0) >= per_section or not all(w in index for w in (a, b, c, d)):
+            continue
+        seen[section] = seen.get(section, 0) + 1
+        q = unit[index[b]] - unit[index[a]] + unit[index[c]]
+        (best, score), = neighbours(unit, vocab, q[None], [[index[a], index[b], index[c]]], 1)[0][:1]
+        mark = "✓" if best == d else f"✗ (expected {d})"
+        lines.append(f"  {b} - {a} + {c} = {best} {score:.2f} {mark}")
+    if lines:
+        make_console().print("analogies (test):\n" + "\n".join(lines), highlight=False)
+
+
+def _hydra_run_dir() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    except (ImportError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------- export
+def save_word2vec(path: Path, vocab: list[str], vectors: Tensor, binary: bool = False) -> Path:
+    """The word2vec C tool's format: a `count size` header, then a word and its vector a line (text: decimals;
+    binary: little-endian float32 after the word and a space). gensim's KeyedVectors.load_word2vec_format reads
+    both."""
+    v = vectors.detach().float().cpu().contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        f.write(f"{len(vocab)} {v.shape[1]}\n".encode())
+        if binary:
+            import numpy as np
+
+            arr = v.numpy().astype("<f4")
+            for word, row in zip(vocab, arr):
+                f.write(word.encode() + b" " + row.tobytes() + b"\n")
+        else:
+            for word, row in zip(vocab, v.tolist()):
+                f.write((word + " " + " ".join(f"{x:.6g}" for x in row) + "\n").encode())
+    tmp.replace(path)
+    return path
+
+
+def pca_plot(vectors: Tensor, vocab: list[str], path: Path, title: str, n: int = 150) -> Path:
+    """2-D PCA map of the n most frequent words (the vocabulary is sorted by frequency)."""
+    from dlcli.plots import _plt
+
+    plt = _plt()
+    v = vectors[:n].detach().float().cpu()
+    v = v - v.mean(0)
+    _, _, vt = torch.linalg.svd(v, full_matrices=False)
+    xy = (v @ vt[:2].T).numpy()
+    fig, ax = plt.subplots(figsize=(9, 8))
+    ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.5)
+    for (x, y), w in zip(xy, vocab[:n]):
+        ax.annotate(w, (x, y), fontsize=7, alpha=0.85)
+    ax.set_title(title)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- commands
+def sample_embeddings(r: Any, word: str | None, analogy: str | None, topn: int) -> None:
+    """`dl sample CKPT [--word W | --analogy "king - man + woman"] [--topn N]`: ranked words with cosine."""
+    from rich.table import Table
+
+    from dlcli.metrics import make_console
+
+    if topn < 1:
+        raise UserError(f"--topn {topn}: show at least 1 word")
+    vocab = r.ckpt["meta"]["vocab"]
+    index = {w: i for i, w in enumerate(vocab)}
+    unit = unit_rows(r.model.vectors())
+    lower = r.ckpt["meta"].get("lowercase", True)
+    console = make_console()
+    queries: list[tuple[str, Tensor, list[int]]] = []
+    if analogy:
+        terms = parse_analogy(analogy, lower)
+        missing = [w for _, w in terms if w not in index]
+        if missing:
+            raise UserError(f"--analogy {analogy!r}: not in the vocabulary: {', '.join(missing)}")
+        q = sum(sign * unit[index[w]] for sign, w in terms)
+        queries.append((analogy, q, [index[w] for _, w in terms]))
+    words = [word] if word else ([] if analogy else r.cfg.dataset.get("probes") or vocab[:5])
+    for w in words:
+        w = w.lower() if lower else w
+        if w not in index:
+            raise UserError(f"--word {w}: not in the vocabulary ({len(vocab)} words, e.g. "
+                            f"{', '.join(vocab[:8])})")
+        queries.append((w, unit[index[w]], [index[w]]))
+    for label, q, exclude in queries:
+        table = Table(title=f"{r.cfg.model.name}: nearest to {label}", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("word")
+        table.add_column("cosine", justify="right")
+        for i, (w, s) in enumerate(neighbours(unit, vocab, q[None], [exclude], topn)[0], 1):
+            table.add_row(str(i), w, f"{s:.4f}")
+        console.print(table)
+
+
+def parse_analogy(text: str, lowercase: bool) -> list[tuple[int, str]]:
+    """'king - man + woman' -> [(+1, king), (-1, man), (+1, woman)]."""
+    tokens = text.replace("+", " + ").replace("-", " - ").split()
+    terms, sign = [], 1
+    expect_word = True
+    for t in tokens:
+        if t in "+-":
+            if expect_word:
+                raise UserError(f"--analogy {text!r}: two operators in a row; write it like 'king - man + woman'")
+            sign, expect_word = (1 if t == "+" else -1), True
+            continue
+        if not expect_word:
+            raise UserError(f"--analogy {text!r}: put + or - between words, e.g. 'king - man + woman'")
+        terms.append((sign, t.lower() if lowercase else t))
+        expect_word = False
+    if not terms or expect_word:
+        raise UserError(f"--analogy {text!r}: write words joined by + and -, e.g. 'king - man + woman'")
+    return terms
+
+
+def export_cli(path: str, overrides: list[str], binary: bool, out: str | None) -> Path:
+    """`dl export CKPT [--binary] [--out FILE]`: the word vectors in word2vec format."""
+    from dlcli.evaluate import restore
+    from dlcli.metrics import make_console
+
+    r = restore(path, overrides)
+    if r.ckpt["meta"].get("kind") != "embedding":
+        raise UserError(f"{path}: dl export writes word vectors; this is a {r.cfg.model.name} checkpoint "
+                        "(train model=skipgram or model=cbow)")
+    dest = Path(out) if out else r.path.parent.parent / ("vectors.bin" if binary else "vectors.txt")
+    save_word2vec(dest, r.ckpt["meta"]["vocab"], r.model.vectors(), binary=binary)
+    make_console().print(f"wrote {len(r.ckpt['meta']['vocab'])} vectors to {dest}")
+    return dest
