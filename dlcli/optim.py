@@ -11,7 +11,7 @@ from torch import nn
 from dlcli.errors import UserError, choices
 
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
-SCHEDULERS = ("none", "step", "cosine", "linear", "warmup_cosine", "onecycle", "plateau")
+SCHEDULERS = ("none", "step", "cosine", "linear", "warmup_cosine", "noam", "onecycle", "plateau")
 
 
 def check_optimizer(opt: Any) -> None:
@@ -80,6 +80,11 @@ def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step"
+    if name == "noam":  # "Attention is all you need": linear warm-up, then lr ∝ 1/sqrt(step); peak = optimizer.lr
+        warm = float(cfg.warmup)
+        warm_steps = max(int(warm * total_steps) if warm < 1 else int(warm), 1)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min((step + 1) / warm_steps, math.sqrt(warm_steps / (step + 1)))), "step"
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
                                                    total_steps=max(total_steps, 2),
