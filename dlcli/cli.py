@@ -12,7 +12,8 @@ from dlcli.errors import UserError, exit_with
 
 app = typer.Typer(
     name="dl",
-    help="Train the classic deep-learning models from the command line: MLP, CNN (more families arrive per issue).\n\n"
+    help="Train the classic deep-learning models from the command line: MLP, CNN, RNN/LSTM/GRU, seq2seq, "
+    "attention, Transformer, word2vec.\n\n"
     "Examples:\n\n"
     "  dl train                                   # MLP on generated spirals, offline\n\n"
     "  dl train model=cnn dataset=mnist           # CNN on MNIST\n\n"
@@ -59,9 +60,10 @@ def train(
 ) -> None:
     """Train a model. Arguments are Hydra overrides: group=option, key=value, -m for a sweep.
 
-    Config groups: model (mlp cnn), dataset (spirals sine shapes mnist fashion_mnist csv),
-    optimizer (sgd momentum nesterov adagrad rmsprop adam adamw), scheduler (none step cosine warmup_cosine onecycle
-    plateau), device (auto cpu cuda mps), trainer, logger (default tensorboard quiet).
+    Config groups: model (mlp cnn rnn lstm gru seq2seq attention transformer cbow skipgram), dataset (spirals sine
+    shapes mnist fashion_mnist csv adding copy parity grammar shakespeare text reverse sort addition dates eng_fra
+    pairs relations text8 gutenberg corpus), optimizer (sgd momentum nesterov adagrad rmsprop adam adamw),
+    scheduler (none step cosine warmup_cosine onecycle plateau noam linear), device (auto cpu cuda mps), trainer, logger (default tensorboard quiet).
     `dl train --help` lists every option and key; `dl train --cfg job` prints the composed config.
     """
 
@@ -123,7 +125,10 @@ def sample(
                                                                        "(default: a new line)."),
     prompt_file: Optional[str] = typer.Option(None, "--prompt-file", help="Language models: read the prompt "
                                                                           "from a file."),
-    max_new_tokens: int = typer.Option(300, "--max-new-tokens", help="Language models: tokens to generate."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
+                                                 help="Language models: tokens to generate (default 300). "
+                                                      "Encoder-decoders: the longest output (default: the longest "
+                                                      "training target + 5)."),
     temperature: float = typer.Option(1.0, "--temperature", "-t",
                                       help="Language models: <1 sharper, >1 more random, 0 greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Language models: sample from the k likeliest "
@@ -131,9 +136,16 @@ def sample(
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Language models: nucleus sampling, the smallest "
                                                                 "set of tokens holding this much probability."),
     beam: int = typer.Option(1, "--beam", help="Encoder-decoders: beam search with this many beams (1 = greedy)."),
+    length_penalty: float = typer.Option(0.6, "--length-penalty",
+                                         help="Encoder-decoders, beam search: GNMT's alpha; 0 ranks by total "
+                                              "log-probability, larger favours longer outputs."),
     attention_plot: Optional[str] = typer.Option(None, "--attention-plot",
                                                  help="Encoder-decoders: save the cross-attention heatmap (source x "
                                                       "output tokens; per head for the transformer) to this .png."),
+    word: Optional[str] = typer.Option(None, "--word", "-w", help="Word embeddings: the words nearest this one."),
+    analogy: Optional[str] = typer.Option(None, "--analogy", help="Word embeddings: the words nearest a vector "
+                                                                  "sum, e.g. \"king - man + woman\"."),
+    topn: int = typer.Option(10, "--topn", help="Word embeddings: how many words to list."),
 ) -> None:
     """Show what a trained model predicts or generates.
 
@@ -142,7 +154,8 @@ def sample(
 
     Examples: dl sample outputs/runs/<run>/checkpoints/best.pt -n 16;
     dl sample best.pt --input new_rows.csv;
-    dl sample <lstm run> --prompt "the cat" --temperature 0.8 --top-k 5 -n 3
+    dl sample <lstm run> --prompt "the cat" --temperature 0.8 --top-k 5 -n 3;
+    dl sample <skipgram run> --word king --topn 5;  dl sample <skipgram run> --analogy "king - man + woman"
     """
 
     def go() -> None:
@@ -151,10 +164,38 @@ def sample(
         paths, overrides = _split_overrides(items)
         if len(paths) != 1:
             raise UserError(f"dl sample takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
-        lm = {"prompt": prompt, "prompt_file": prompt_file, "max_new_tokens": max_new_tokens,
+        lm = {"prompt": prompt, "prompt_file": prompt_file,
+              "max_new_tokens": 300 if max_new_tokens is None else max_new_tokens,
               "temperature": temperature, "top_k": top_k, "top_p": top_p}
         sample_cli(paths[0], overrides, input_path=input_path, num=num, out=out, seed=seed, lm=lm,
-                   seq2seq={"beam": beam, "attention_plot": attention_plot})
+                   seq2seq={"beam": beam, "attention_plot": attention_plot, "length_penalty": length_penalty,
+                            "max_len": max_new_tokens},
+                   embedding={"word": word, "analogy": analogy, "topn": topn})
+
+    _guard(go)
+
+
+@app.command("export")
+def export(
+    items: list[str] = typer.Argument(..., metavar="CKPT [KEY=VALUE...]",
+                                      help="A word2vec checkpoint (or run dir), then overrides for its stored config."),
+    binary: bool = typer.Option(False, "--binary", help="The word2vec binary format instead of text."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write (default: <run>/vectors.txt, or "
+                                                                "vectors.bin with --binary)."),
+) -> None:
+    """Write a cbow/skipgram checkpoint's word vectors in the word2vec format (gensim's
+    KeyedVectors.load_word2vec_format reads it; binary=True for --binary).
+
+    Example: dl export outputs/runs/<run>/checkpoints/best.pt --binary --out vectors.bin
+    """
+
+    def go() -> None:
+        from dlcli.embeddings import export_cli
+
+        paths, overrides = _split_overrides(items)
+        if len(paths) != 1:
+            raise UserError(f"dl export takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
+        export_cli(paths[0], overrides, binary=binary, out=out)
 
     _guard(go)
 

@@ -36,15 +36,23 @@ def source_tokens(text: str, meta: dict) -> list[str]:
     return tokens
 
 
-def decode(model: torch.nn.Module, src: torch.Tensor, meta: dict, beam: int) -> tuple[torch.Tensor, Any]:
-    max_len = int(meta["max_tgt_len"]) + 5
+def decode(model: torch.nn.Module, src: torch.Tensor, meta: dict, beam: int, length_penalty: float = 0.6,
+           max_len: int | None = None) -> tuple[torch.Tensor, Any]:
     if beam < 1:
         raise UserError(f"--beam {beam}: the beam size must be at least 1 (1 = greedy)")
-    return greedy_decode(model, src, max_len) if beam == 1 else beam_search(model, src, beam, max_len)
+    if max_len is not None and max_len < 1:
+        raise UserError(f"--max-new-tokens {max_len}: the longest output must be at least 1 token")
+    if length_penalty < 0:
+        raise UserError(f"--length-penalty {length_penalty}: must be >= 0 (0 = no length normalisation)")
+    max_len = max_len or int(meta["max_tgt_len"]) + 5
+    if beam == 1:
+        return greedy_decode(model, src, max_len)
+    return beam_search(model, src, beam, max_len, alpha=length_penalty)
 
 
-def sample_seq2seq(r: Any, input_text: str | None, num: int | None, seed: int, beam: int,
-                   attention_plot: str | None) -> list[str]:
+def sample_seq2seq(r: Any, input_text: str | None, num: int | None, seed: int, beam: int = 1,
+                   attention_plot: str | None = None, length_penalty: float = 0.6,
+                   max_len: int | None = None) -> list[str]:
     from dlcli.sample import _test_examples
 
     meta = r.ckpt["meta"]
@@ -58,7 +66,7 @@ def sample_seq2seq(r: Any, input_text: str | None, num: int | None, seed: int, b
         src, tgt, _ = _test_examples(r, 10 if num is None else num, seed)
         sources = [[meta["src_vocab"][t] for t in row if t != PAD] for row in src.tolist()]
         targets = [ids_to_text(row, meta["tgt_vocab"], meta["tgt_level"]) for row in tgt.tolist()]
-    ids, attn = decode(r.model, src, meta, beam)
+    ids, attn = decode(r.model, src, meta, beam, length_penalty, max_len)
     outputs = [ids_to_text(row, meta["tgt_vocab"], meta["tgt_level"]) for row in ids.tolist()]
     if targets is None:
         for line in outputs:
