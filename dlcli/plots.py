@@ -186,6 +186,11 @@ def plot_run(run_dir: Path, rows: list[dict], task: Any, model: torch.nn.Module,
         paths.append(grad_time_plot(norms, out / "grad_time.png", f"gradient reaching each step: {name}"))
     if task.kind == "seq2seq":
         return paths + seq2seq_plots(run_dir, task, model, out, name)
+    if task.kind == "embedding":
+        from dlcli.embeddings import pca_plot
+
+        return paths + [pca_plot(model.vectors(), task.meta["vocab"], out / "embeddings.png",
+                                 f"word vectors, 2-D PCA of the most frequent words: {name}")]
     if task.kind not in ("classify", "regress"):
         return paths
     true, pred = predict_split(model, task, "test", batch_size)

@@ -14,9 +14,15 @@ from dlcli.evaluate import restore, restore_task
 
 
 def sample_cli(path: str, overrides: list[str], input_path: str | None = None, num: int | None = None,
-               out: str | None = None, seed: int = 0, lm: dict | None = None, seq2seq: dict | None = None) -> None:
+               out: str | None = None, seed: int = 0, lm: dict | None = None, seq2seq: dict | None = None,
+               embedding: dict | None = None) -> None:
     r = restore(path, overrides)
     kind = r.ckpt["meta"].get("kind") or ("classify" if "num_classes" in r.ckpt["meta"] else "regress")
+    if kind == "embedding":
+        from dlcli.embeddings import sample_embeddings
+
+        sample_embeddings(r, **(embedding or {"word": None, "analogy": None, "topn": 10}))
+        return
     if kind == "seq2seq":
         from dlcli.sample_seq2seq import sample_seq2seq
 

@@ -19,40 +19,11 @@ from dlcli.errors import UserError
 OBJECTIVES = ("skipgram", "cbow")
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; backward multiplies each looked-up row's gradient by its scale."""
-
-    @staticmethod
-    def forward(ctx: Any, rows: Tensor, scale: Tensor) -> Tensor:
-        ctx.save_for_backward(scale)
-        return rows.view_as(rows)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (scale,) = ctx.saved_tensors
-        return grad * scale[..., None], None
-
-
-def cap_row_updates(rows: Tensor, index: Tensor, uses: Tensor, vocab_size: int, cap: float) -> Tensor:
-    """A row used more than `cap` times in one batch gets its gradient scaled down to `cap` uses' worth.
-
-    word2vec applies a frequent word's many updates one after another, each seeing the last (they shrink as the
-    sigmoid saturates); summed at once at stale weights they overshoot and diverge. Rarer rows get exactly the
-    summed (word2vec) update. `uses` weighs each lookup (a shared negative stands for many pairs)."""
-    if cap <= 0:
-        return rows
-    counts = torch.zeros(vocab_size, dtype=rows.dtype, device=rows.device)
-    counts.index_add_(0, index.reshape(-1), uses.reshape(-1).to(rows.dtype))
-    return _ScaleGrad.apply(rows, (cap / counts[index].clamp(min=1e-6)).clamp(max=1.0))
-
-
 class Word2Vec(nn.Module):
-    def __init__(self, vocab_size: int, vector_size: int, objective: str, negative: int = 5,
-                 max_row_updates: float = 64.0):
+    def __init__(self, vocab_size: int, vector_size: int, objective: str, negative: int = 5):
         super().__init__()
         self.objective = objective
         self.negative = negative
-        self.cap = max_row_updates
         self.input = nn.Embedding(vocab_size, vector_size, sparse=True)
         self.output = nn.Embedding(vocab_size, vector_size, sparse=True)
         with torch.no_grad():  # word2vec's initialisation: small uniform word vectors, zero output vectors
@@ -69,6 +40,8 @@ class Word2Vec(nn.Module):
         Per pair: -log σ(u·v₊) - k · mean_s log σ(-u·v_s) over the S negatives its group of centers shares: the
         same expected gradient as word2vec's k negatives per pair, computed as one matrix product per group."""
         n, slots = contexts.shape
+        if n == 0:  # every word of a short chunk was subsampled away
+            return self.input(centers).sum(), centers.new_zeros(())
         groups, shared = negatives.shape
         per_group = -(-n // groups)
         pad = groups * per_group - n
@@ -81,13 +54,6 @@ class Word2Vec(nn.Module):
         inputs = self.input(context_ids)          # [n, 2w, d]
         positives = self.output(centers)          # [n, d]
         noise = self.output(negatives)            # [G, S, d]
-        if self.cap > 0 and self.training:
-            v = self.input.num_embeddings
-            group_pairs = F.pad(pairs, (0, pad)).view(groups, per_group).sum(1)
-            inputs = cap_row_updates(inputs, context_ids, m, v, self.cap)
-            positives = cap_row_updates(positives, centers, pairs, v, self.cap)
-            noise = cap_row_updates(noise, negatives, (group_pairs * k_over_s)[:, None].expand(groups, shared), v,
-                                    self.cap)
         if skipgram:  # each context word predicts its center (word2vec's pairing)
             x, rows, weight = inputs, slots, m
         else:  # cbow: the mean of the context vectors predicts the center
@@ -117,5 +83,4 @@ def build(cfg: Any, meta: dict) -> Word2Vec:
     size = cfg.vector_size
     if not isinstance(size, int) or size < 1:
         raise UserError(f"model.vector_size={size}: a positive integer (word2vec uses 100-300)")
-    return Word2Vec(int(meta["vocab_size"]), size, str(cfg.name), negative=int(cfg.negative),
-                    max_row_updates=float(cfg.get("max_row_updates", 64)))
+    return Word2Vec(int(meta["vocab_size"]), size, str(cfg.name), negative=int(cfg.negative))

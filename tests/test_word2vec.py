@@ -1,0 +1,190 @@
+"""word2vec (cbow, skipgram): the sampling distributions, the evaluation files, and short real runs through the CLI
+whose exported vectors gensim loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import FAST, read_jsonl
+from dlcli.data.corpus import (EmbeddingTask, keep_probabilities, noise_cdf, relation_questions, relation_sentences,
+                               tokenizer)
+from dlcli.embeddings import (analogy_accuracy, parse_analogy, read_analogies, read_similarity, spearman, unit_rows)
+from dlcli.errors import UserError
+
+SHORT = [*FAST, "dataset.sentences=24000", "trainer.epochs=3"]
+
+
+def tiny_task(counts: list[int], window: int = 3, sample: float = 0.0, shared: int = 64) -> EmbeddingTask:
+    stream = torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
+    stream = stream[torch.randperm(len(stream), generator=torch.Generator().manual_seed(0))]
+    sent = torch.arange(len(stream)) // 50  # sentences of 50 words
+    cfg = OmegaConf.create({"window": window, "negative": 5, "sample": sample, "shared_negatives": shared,
+                            "negative_group": 16})
+    meta = {"vocab": [f"w{i}" for i in range(len(counts))], "counts": counts}
+    return EmbeddingTask({"train": (stream, sent)}, meta, cfg)
+
+
+def test_subsampling_keeps_rare_words_and_thins_frequent_ones():
+    counts = torch.tensor([100_000.0, 10_000.0, 1_000.0, 10.0])
+    p = keep_probabilities(counts, 1e-3)
+    assert p[3] >= 1                # far below the threshold: always kept
+    assert p[0] < p[1] < p[2] < 1   # the more frequent, the more is dropped
+    t = 1e-3 * counts.sum()
+    assert p[0] == pytest.approx(((counts[0] / t).sqrt() + 1) * t / counts[0])  # gensim's formula
+    assert torch.equal(keep_probabilities(counts, 0.0), torch.ones(4, dtype=counts.dtype))
+    # and the batches honour it: the share of kept 'w0' tokens matches p[0]
+    task = tiny_task([20_000, 2_000, 500, 50], sample=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    ids, sent = task.splits["train"]
+    centers, _, _ = task.make_batch(ids, sent, gen)
+    kept = torch.bincount(centers, minlength=4).double() / torch.tensor([20_000, 2_000, 500, 50]).double()
+    expect = task.keep_prob.double().clamp(max=1)
+    assert torch.allclose(kept, expect, atol=0.03)
+
+
+def test_negatives_follow_unigram_to_the_three_quarters():
+    counts = [8000, 4000, 1000, 100, 10]
+    task = tiny_task(counts)
+    ids, sent = task.splits["train"]
+    gen = torch.Generator().manual_seed(2)
+    draws = torch.cat([task.make_batch(ids, sent, gen)[2].flatten() for _ in range(40)])
+    freq = torch.bincount(draws, minlength=5).double() / len(draws)
+    expect = torch.tensor(counts, dtype=torch.float64) ** 0.75
+    expect /= expect.sum()
+    assert torch.allclose(freq, expect, atol=0.01), (freq, expect)
+    assert torch.allclose(noise_cdf(torch.tensor(counts, dtype=torch.float64)), expect.cumsum(0))
+
+
+def test_contexts_stay_in_the_sentence_and_windows_shrink_at_random():
+    task = tiny_task([400] * 10, window=4)
+    ids, sent = task.splits["train"]
+    gen = torch.Generator().manual_seed(3)
+    centers, contexts, negatives = task.make_batch(ids, sent, gen)
+    assert torch.equal(centers, ids)  # sample=0 keeps every word
+    pos = torch.arange(len(ids))[:, None] + torch.tensor([-4, -3, -2, -1, 1, 2, 3, 4])
+    valid = contexts >= 0
+    assert torch.equal(contexts[valid], ids[pos.clamp(0, len(ids) - 1)][valid])
+    assert (sent[pos.clamp(0, len(ids) - 1)][valid] == sent[:, None].expand_as(pos)[valid]).all()
+    # reach per center is uniform on 1..window: words well inside a sentence have 2*reach contexts
+    inner = (torch.arange(len(ids)) % 50 >= 4) & (torch.arange(len(ids)) % 50 < 46)
+    reach = valid[inner].sum(1) // 2
+    share = torch.bincount(reach, minlength=5)[1:].double() / len(reach)
+    assert torch.allclose(share, torch.full((4,), 0.25, dtype=torch.float64), atol=0.03)
+    assert negatives.shape == (-(-len(ids) // 16), 64)
+
+
+def test_tokenizer_lowercases_and_splits_punctuation():
+    assert tokenizer(True, "split")("The _Cat_ said: “Don't!”") == ["the", "cat", "said", ":", "“", "don't", "!",
+                                                                     "”"]
+    assert tokenizer(True, "drop")("Hello, World.") == ["hello", "world"]
+    assert tokenizer(False, "keep")("Hello, World.") == ["Hello,", "World."]
+    with pytest.raises(UserError, match="dataset.punctuation=x"):
+        tokenizer(True, "x")
+
+
+def test_relations_corpus_is_deterministic():
+    assert relation_sentences(50, seed=0) == relation_sentences(50, seed=0)
+    assert relation_sentences(50, seed=0) != relation_sentences(50, seed=1)
+    assert ("capital-country", ["france", "paris", "italy", "rome"]) in relation_questions()
+
+
+def test_analogy_file_counts_oov_and_rejects_malformed_lines(tmp_path):
+    good = tmp_path / "q.txt"
+    good.write_text(": capitals\nFrance Paris Italy Rome\nfrance paris atlantis utopia\n: plural\ncat cats dog dogs\n")
+    questions = read_analogies(good)
+    assert questions[0] == ("capitals", ["france", "paris", "italy", "rome"])
+    vocab = ["france", "paris", "italy", "rome", "cat", "cats", "dog", "dogs"]
+    # vectors in which b - a + c lands exactly on d
+    base = torch.eye(8)
+    vec = base.clone()
+    vec[1] = base[0] + base[5]          # paris = france + capital-ness
+    vec[3] = base[2] + base[5]          # rome = italy + capital-ness
+    r = analogy_accuracy(unit_rows(vec), {w: i for i, w in enumerate(vocab)}, questions)
+    assert (r["total"], r["answered"], r["oov"]) == (3, 2, 1)
+    assert r["sections"]["capitals"] == [1, 1]
+    bad = tmp_path / "bad.txt"
+    bad.write_text(": capitals\nfrance paris italy\n")
+    with pytest.raises(UserError, match=r"line 2 has 3 word\(s\), expected 4"):
+        read_analogies(bad)
+    headless = tmp_path / "headless.txt"
+    headless.write_text("france paris italy rome\n")
+    with pytest.raises(UserError, match="before any ': section' header"):
+        read_analogies(headless)
+
+
+def test_similarity_file_and_spearman(tmp_path):
+    f = tmp_path / "sim.tsv"
+    f.write_text("Word 1\tWord 2\tHuman (mean)\ntiger\tcat\t7.35\nbook\tpaper\t7.46\n")
+    assert read_similarity(f) == [("tiger", "cat", 7.35), ("book", "paper", 7.46)]
+    f.write_text("tiger cat 7.35\ntiger cat\n")
+    with pytest.raises(UserError, match="line 2 is not `word1 word2 score`"):
+        read_similarity(f)
+    assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([10.0, 20, 30, 40])) == pytest.approx(1.0)
+    assert spearman(torch.tensor([1.0, 2, 2, 4]), torch.tensor([4.0, 3, 3, 1])) == pytest.approx(-1.0)
+
+
+def test_parse_analogy():
+    assert parse_analogy("King - man + WOMAN", True) == [(1, "king"), (-1, "man"), (1, "woman")]
+    with pytest.raises(UserError, match="two operators"):
+        parse_analogy("king - - man", True)
+
+
+def test_skipgram_learns_planted_pairs_and_exports_vectors_gensim_loads(dl, tmp_path):
+    gensim = pytest.importorskip("gensim")
+    res = dl.ok("train", "model=skipgram", *SHORT)
+    assert "nearest neighbours" in res.stdout and "analogies (test)" in res.stdout
+    run = dl.last_run()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["test/analogy"] > 0.8, summary["test"]  # the planted relations are recovered
+    assert summary["test"]["test/analogy_oov"] == 0
+    # the learning rate decays linearly from model.alpha to (almost) model.min_alpha
+    lrs = [r["lr"] for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
+    assert lrs[0] < 0.025 and lrs[-1] == pytest.approx(1e-4, abs=2e-5)
+    kv = gensim.models.KeyedVectors.load_word2vec_format(str(run / "vectors.txt"))
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    vocab = ckpt["meta"]["vocab"]
+    assert list(kv.index_to_key) == vocab
+    assert torch.allclose(torch.from_numpy(kv.vectors), ckpt["model"]["input.weight"], atol=1e-5)
+    # planted partners are near neighbours, and closer than words of another relation
+    assert "queen" in [w for w, _ in kv.most_similar("king", topn=3)]
+    assert kv.similarity("man", "woman") > kv.similarity("man", "cats")
+    assert kv.similarity("paris", "france") > kv.similarity("paris", "dogs")
+    dl.ok("export", str(run), "--binary", "--out", str(tmp_path / "v.bin"))
+    kb = gensim.models.KeyedVectors.load_word2vec_format(str(tmp_path / "v.bin"), binary=True)
+    assert torch.allclose(torch.from_numpy(kb.vectors), ckpt["model"]["input.weight"])
+    out = dl.ok("sample", str(run), "--analogy", "king - man + woman", "--topn", "3").stdout
+    assert "queen" in out
+    assert "queen" in dl.ok("sample", str(run), "--word", "king", "--topn", "5").stdout
+    bad = dl("sample", str(run), "--word", "zebra")
+    assert bad.returncode == 2 and "--word zebra: not in the vocabulary" in bad.stderr
+
+
+def test_cbow_on_a_user_corpus_file(dl, tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(relation_sentences(6000, seed=5)).upper() + "\n")
+    questions = tmp_path / "q.txt"
+    questions.write_text(": gender\nking queen man woman\nking queen unicorn mermaid\n")
+    dl.ok("train", "model=cbow", "dataset=corpus", f"dataset.path={text}", f"dataset.analogies={questions}",
+          "trainer.epochs=2", *FAST)
+    run = dl.last_run()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["test/analogy_oov"] == 1 and summary["test"]["test/analogy_answered"] == 1
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert "king" in ckpt["meta"]["vocab"] and "KING" not in ckpt["meta"]["vocab"]  # lower-cased
+    res = dl("eval", str(run))
+    assert res.returncode == 0 and "analogy" in res.stdout
+
+
+def test_user_errors(dl, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text(": s\na b c\n")
+    res = dl("train", "model=skipgram", f"dataset.analogies={bad}", *SHORT)
+    assert res.returncode == 2 and "line 2 has 3 word(s)" in res.stderr
+    res = dl("train", "model=skipgram", "dataset=corpus", f"dataset.path={tmp_path / 'none.txt'}", *FAST)
+    assert res.returncode == 2 and "no such file" in res.stderr
+    res = dl("train", "model=cbow", "model.window=0", *FAST)
+    assert res.returncode == 2 and "model.window=0" in res.stderr
