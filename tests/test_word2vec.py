@@ -74,7 +74,7 @@ def test_contexts_stay_in_the_sentence_and_windows_shrink_at_random():
     reach = valid[inner].sum(1) // 2
     share = torch.bincount(reach, minlength=5)[1:].double() / len(reach)
     assert torch.allclose(share, torch.full((4,), 0.25, dtype=torch.float64), atol=0.03)
-    assert negatives.shape == (-(-len(ids) // 16), 64)
+    assert negatives.shape == (-(-len(ids) * 8 // 16), 64)  # enough groups of 16 rows for 2*window rows a center
 
 
 def test_tokenizer_lowercases_and_splits_punctuation():

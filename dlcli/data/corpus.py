@@ -103,8 +103,9 @@ class EmbeddingTask(Task):
     A batch (see `batches`) is (centers [n], contexts [n, 2*window] with -1 for none, negatives [G, S]): contexts
     within a randomly shrunk window (word2vec's dynamic window), inside the same sentence, after frequent words were
     dropped at random (subsampling). Negatives are drawn from unigram^0.75, S = model.shared_negatives for each
-    group of model.negative_group centers, and shared by the group's pairs (weighted so each pair still counts
-    model.negative of them): one matrix product per group instead of k dot products per pair.
+    group of model.negative_group training rows (skip-gram pairs, cbow centers), enough groups for every row; the
+    model shares them within a group (weighted so each pair still counts model.negative of them): one matrix
+    product per group instead of k dot products per pair.
     """
 
     kind = "embedding"
@@ -117,7 +118,7 @@ class EmbeddingTask(Task):
         self.window = int(cfg.window)
         self.negative = int(cfg.negative)
         self.shared = int(cfg.get("shared_negatives", 16))
-        self.group = int(cfg.get("negative_group", 32))
+        self.group = int(cfg.get("negative_group", 192))
         if self.shared < 1 or self.group < 1:
             raise UserError(f"model.shared_negatives={self.shared}, model.negative_group={self.group}: both >= 1")
         if self.window < 1:
@@ -168,7 +169,7 @@ class EmbeddingTask(Task):
         pos = pos.clamp(0, max(n - 1, 0))
         valid = inside & (offsets.abs() <= reach) & (sent[pos] == sent[:, None])
         contexts = torch.where(valid, ids[pos], -1)
-        groups = max(1, -(-n // self.group))
+        groups = max(1, -(-n * 2 * w // self.group))  # enough for every possible row (skip-gram: 2w per center)
         u = torch.rand(groups, self.shared, generator=gen, device=ids.device, dtype=torch.float64)
         negatives = torch.searchsorted(self.noise_cdf, u).clamp_(max=len(self.noise_cdf) - 1)
         return ids, contexts, negatives

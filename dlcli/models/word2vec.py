@@ -20,10 +20,11 @@ OBJECTIVES = ("skipgram", "cbow")
 
 
 class Word2Vec(nn.Module):
-    def __init__(self, vocab_size: int, vector_size: int, objective: str, negative: int = 5):
+    def __init__(self, vocab_size: int, vector_size: int, objective: str, negative: int = 5, group: int = 192):
         super().__init__()
         self.objective = objective
         self.negative = negative
+        self.group = group  # rows sharing one draw of negatives
         self.input = nn.Embedding(vocab_size, vector_size, sparse=True)
         self.output = nn.Embedding(vocab_size, vector_size, sparse=True)
         with torch.no_grad():  # word2vec's initialisation: small uniform word vectors, zero output vectors
@@ -37,41 +38,40 @@ class Word2Vec(nn.Module):
     def loss(self, centers: Tensor, contexts: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
         """(summed negative-sampling loss, number of training pairs).
 
-        Per pair: -log σ(u·v₊) - k · mean_s log σ(-u·v_s) over the S negatives its group of centers shares: the
-        same expected gradient as word2vec's k negatives per pair, computed as one matrix product per group."""
-        n, slots = contexts.shape
-        if n == 0:  # every word of a short chunk was subsampled away
+        Rows (skip-gram: one per (context, center) pair; cbow: one per center) come in groups of
+        `negative_group` that share S negatives: per row -log σ(x·v₊) - (k/S) Σ_s log σ(-x·v_s), the same
+        expected gradient as word2vec's k negatives per pair, as one matrix product per group."""
+        if centers.numel() == 0:  # every word of a short chunk was subsampled away
             return self.input(centers).sum(), centers.new_zeros(())
-        groups, shared = negatives.shape
-        per_group = -(-n // groups)
-        pad = groups * per_group - n
         mask = contexts >= 0
-        m = mask.to(self.input.weight.dtype)
-        context_ids = contexts.clamp(min=0)
-        skipgram = self.objective == "skipgram"
-        pairs = m.sum(1) if skipgram else (m.sum(1) > 0).to(m.dtype)  # training pairs per center
-        k_over_s = self.negative / shared
-        inputs = self.input(context_ids)          # [n, 2w, d]
-        positives = self.output(centers)          # [n, d]
-        noise = self.output(negatives)            # [G, S, d]
-        if skipgram:  # each context word predicts its center (word2vec's pairing)
-            x, rows, weight = inputs, slots, m
+        if self.objective == "skipgram":  # each context word predicts its center (word2vec's pairing)
+            center_of = torch.arange(len(centers), device=centers.device)[:, None].expand_as(contexts)[mask]
+            target = centers[center_of]
+            x = self.input(contexts[mask])                                   # [P, d]
         else:  # cbow: the mean of the context vectors predicts the center
-            total = (inputs * m[..., None]).sum(1)
-            mean = total / m.sum(1).clamp(min=1)[:, None]
+            has = mask.any(1)
+            centers, contexts, mask = centers[has], contexts[has], mask[has]
+            m = mask.to(self.input.weight.dtype)
+            total = (self.input(contexts.clamp(min=0)) * m[..., None]).sum(1)
+            mean = total / m.sum(1)[:, None]
             # value: the mean; gradient: each context word gets the full error, as word2vec and gensim
             # (cbow_mean=1) do
-            x, rows, weight = (total + (mean - total).detach())[:, None, :], 1, pairs[:, None]
-        pos = (x * positives[:, None, :]).sum(-1)                             # [n, rows]
-        xg = F.pad(x, (0, 0, 0, 0, 0, pad)).reshape(groups, per_group * rows, -1)
-        neg = torch.bmm(xg, noise.transpose(1, 2))                            # [G, g*rows, S]
+            x = total + (mean - total).detach()                              # [n, d]
+            target = centers
+        rows, shared = len(x), negatives.shape[1]
+        if rows == 0:
+            return self.input(centers[:0]).sum(), centers.new_zeros(())
+        groups = min(len(negatives), -(-rows // self.group))
+        per_group = -(-rows // groups)
+        pad = groups * per_group - rows
+        pos = (x * self.output(target)).sum(-1)                             # [rows]
+        noise = self.output(negatives[:groups])                             # [G, S, d]
+        neg = torch.bmm(F.pad(x, (0, 0, 0, pad)).view(groups, per_group, -1), noise.transpose(1, 2))
         # word2vec skips a negative that is the center word itself
-        own = F.pad(centers, (0, pad), value=-1).view(groups, per_group, 1, 1) == negatives.view(groups, 1, 1, shared)
-        own = own.expand(groups, per_group, rows, shared).reshape(groups, per_group * rows, shared)
-        neg_loss = (-F.logsigmoid(-neg)).masked_fill(own, 0.0).sum(-1) * k_over_s
-        neg_loss = neg_loss.reshape(-1)[: n * rows].view(n, rows)
-        losses = (-F.logsigmoid(pos) + neg_loss) * weight
-        return losses.sum(), pairs.sum()
+        own = F.pad(target, (0, pad), value=-1).view(groups, per_group, 1) == negatives[:groups, None, :]
+        neg_loss = (-F.logsigmoid(-neg)).masked_fill_(own, 0.0).sum(-1).view(-1)[:rows]
+        loss = -F.logsigmoid(pos).sum() + neg_loss.sum() * (self.negative / shared)
+        return loss, centers.new_tensor(rows)
 
     def vectors(self) -> Tensor:
         return self.input.weight.detach()
@@ -83,4 +83,5 @@ def build(cfg: Any, meta: dict) -> Word2Vec:
     size = cfg.vector_size
     if not isinstance(size, int) or size < 1:
         raise UserError(f"model.vector_size={size}: a positive integer (word2vec uses 100-300)")
-    return Word2Vec(int(meta["vocab_size"]), size, str(cfg.name), negative=int(cfg.negative))
+    return Word2Vec(int(meta["vocab_size"]), size, str(cfg.name), negative=int(cfg.negative),
+                    group=int(cfg.negative_group))
