@@ -107,14 +107,22 @@ def _call_hydra(flags: list[str], overrides: list[str]) -> None:
 
 
 def fresh_dir(parent: Path, suffix: str) -> Path:
-    """outputs/runs/<YYYY-MM-DD_HH-MM-SS><suffix>, with -2, -3... if that already exists: never reuse a run dir."""
+    """Make outputs/runs/<YYYY-MM-DD_HH-MM-SS><suffix>, or -2, -3... after it: an exclusive mkdir, so runs started
+    in the same second (even by two processes at once) never share a directory."""
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    candidate = parent / f"{stamp}{suffix}"
-    n = 2
-    while candidate.exists():
-        candidate = parent / f"{stamp}{suffix}-{n}"
-        n += 1
-    return candidate
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while True:
+            candidate = parent / (f"{stamp}{suffix}" if n == 1 else f"{stamp}{suffix}-{n}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                n += 1
+    except OSError as e:
+        raise UserError(f"cannot create a run directory under {parent}: {e.strerror}; run dl where you can "
+                        "write, or choose a directory with hydra.run.dir=PATH / hydra.sweep.dir=PATH") from None
 
 
 def _user_dir(overrides: list[str], key: str) -> Path | None:
@@ -123,6 +131,11 @@ def _user_dir(overrides: list[str], key: str) -> Path | None:
             path = Path(o.split("=", 1)[1])
             if (path / "run.json").exists() or (path / "summary.csv").exists():
                 raise UserError(f"{key}={path} already holds a run; pick a new directory (nothing was changed)")
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"{key}={path}: cannot create it ({e.strerror}); choose a directory you can "
+                                "write") from None
             overrides.remove(o)
             return path
     return None

@@ -5,10 +5,13 @@ Contents: {format, version, model, optimizer, scheduler, rng, epoch, step, best,
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
 import re
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,19 +25,35 @@ VERSION = 1
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Temp file in the same dir, flush + fsync, os.replace, fsync the dir: never a half-written file."""
+    """Temp file in the same dir, flush + fsync, os.replace, fsync the dir: never a half-written file.
+
+    A temp file left by a killed save (.NAME.XXXX.tmp) is removed by the next save of NAME.
+    """
+    global _saves
+    _saves += 1
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(e, path) from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            if _FAULTS in os.environ or _ENOSPC in os.environ:
+                _save_with_faults(obj, f, path)
+            else:
+                torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -43,6 +62,41 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write_error(e: OSError, path: Path) -> Exception:
+    """Full disk, read-only or forbidden directory: one line; anything else stays a real error."""
+    if e.errno == errno.ENOSPC:
+        return UserError(f"no space left writing {path}; the previous {path.name} (if any) is intact; free some "
+                         "space, then continue with: dl train trainer.resume=auto")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+        return UserError(f"cannot write {path}: {e.strerror}; train where you can write, or choose a directory "
+                         "with hydra.run.dir=PATH")
+    return e
+
+
+# Test-only fault injection (tests/test_resume.py, tests/stress/kill_resume.py): the k-th save of the process
+# writes half of the file, then DL_TEST_PAUSE_IN_SAVE=MARKER[@k] creates MARKER and sleeps (the test SIGKILLs it
+# there), DL_TEST_ENOSPC_AT_SAVE=k fails as a full disk would.
+_FAULTS, _ENOSPC = "DL_TEST_PAUSE_IN_SAVE", "DL_TEST_ENOSPC_AT_SAVE"
+_saves = 0
+
+
+def _save_with_faults(obj: Any, f: Any, path: Path) -> None:
+    marker, _, at = os.environ.get(_FAULTS, "").partition("@")
+    pause = bool(marker) and _saves == int(at or 1)
+    full = os.environ.get(_ENOSPC, "") == str(_saves)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    f.write(data[: len(data) // 2])
+    f.flush()
+    if full:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if pause:
+        Path(marker).write_text(str(path))
+        time.sleep(600)
+    f.write(data[len(data) // 2:])
 
 
 def make_checkpoint(*, model: torch.nn.Module, optimizer: Any, scheduler: Any, rng: dict, epoch: int, step: int,

@@ -5,10 +5,14 @@ It knows nothing about task kinds: a Task turns a batch into (loss, stats) and s
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -30,9 +34,59 @@ class LoopState:
     best_epoch: int | None = None
     evals_since_best: int = 0       # for early stopping
     elapsed: float = 0.0            # seconds of training so far (trainer.max_time counts these)
+    batch: int = 0                  # batches of epoch `epoch + 1` already done (a checkpoint saved mid-epoch)
+    partial: dict | None = None     # that epoch's summed stats so far (CPU tensors: dtypes kept, resume exact)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT, exit 130) or SIGTERM (exit 143); raised once last.pt holds the finished step."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopRequest:
+    """The SIGINT/SIGTERM handler. Inside the loop (armed) it only takes note: the loop finishes the current
+    step, saves last.pt and raises Interrupted. A second signal, or one outside the loop, raises at once; checkpoint
+    writes are atomic, so that never leaves a broken file."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.armed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is not None or not self.armed:
+            raise Interrupted(signum)
+        self.signum = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing this step and saving checkpoints/last.pt "
+                         "(press Ctrl-C again to stop at once)\n")
+
+
+class Diverged(UserError):
+    """A non-finite training loss; the run dir and its last good checkpoint are kept."""
+
+
+def _test_signals() -> dict[int, list[int]]:
+    """Test-only: DL_TEST_SIGNAL_AT_STEP=N[:TERM][,M...] makes the loop signal itself after step N (deterministic
+    interrupts in tests/test_resume.py)."""
+    out: dict[int, list[int]] = {}
+    for item in filter(None, os.environ.get("DL_TEST_SIGNAL_AT_STEP", "").split(",")):
+        step, _, name = item.partition(":")
+        out.setdefault(int(step), []).append(int(getattr(signal, f"SIG{name or 'INT'}")))
+    return out
 
 
 def resolve_batch_size(value: Any, n_train: int) -> int:
@@ -72,25 +126,48 @@ def evaluate_split(model: nn.Module, task: Task, split: str, batch_size: int, ru
 
 def fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, scheduler: Any, interval: str,
         runtime: Runtime, tcfg: Any, logger: MetricsLogger, reporter: Reporter,
-        save: Callable[[str, LoopState], None], state: LoopState) -> str:
-    """Train until trainer.epochs, early stopping or trainer.max_time. Returns why it stopped."""
+        save: Callable[[str, LoopState], None], state: LoopState, stop: StopRequest | None = None) -> str:
+    """Train until trainer.epochs, early stopping or trainer.max_time. Returns why it stopped.
+
+    A stop request (SIGINT/SIGTERM) ends the current step, saves last.pt mid-epoch and raises Interrupted.
+    """
+    stop = stop or StopRequest()
+    stop.armed = True
+    try:
+        return _fit(model, task, optimizer, scheduler, interval, runtime, tcfg, logger, reporter, save, state, stop)
+    finally:
+        stop.armed = False
+
+
+def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, scheduler: Any, interval: str,
+         runtime: Runtime, tcfg: Any, logger: MetricsLogger, reporter: Reporter,
+         save: Callable[[str, LoopState], None], state: LoopState, stop: StopRequest) -> str:
     epochs = int(tcfg.epochs)
     batch_size = resolve_batch_size(tcfg.batch_size, task.size("train"))
+    n_batches = task.num_batches("train", batch_size)
     monitor_split, monitor_name = str(tcfg.monitor).split("/", 1)
     scaler = runtime.grad_scaler()
     max_time = float(tcfg.max_time) if tcfg.max_time else None
     patience = tcfg.early_stopping_patience
+    signal_at = _test_signals()
     start = time.perf_counter() - state.elapsed
-    stop = ""
+    stop_reason = ""
     model.train()
     for epoch in range(state.epoch + 1, epochs + 1):
         t0 = time.perf_counter()
         if hasattr(model, "set_epoch"):  # per-epoch schedules inside a model (teacher forcing)
             model.set_epoch(epoch, epochs)
-        total = None
-        loss = torch.zeros(())
-        with reporter.epoch_progress(epoch, epochs, task.num_batches("train", batch_size)) as advance:
-            for batch in task.batches("train", batch_size, shuffle=True, seed=epoch_seed(int(tcfg.seed), epoch)):
+        # A mid-epoch checkpoint: replay the epoch's seeded order, skipping (not computing) the batches done.
+        skip, state.batch = state.batch, 0
+        total = {k: v.to(task.device) for k, v in state.partial.items()} if state.partial else None
+        state.partial = None
+        # Each step's loss stays on the device (no sync); read at log steps and once per epoch to name the first
+        # non-finite step.
+        losses: torch.Tensor | None = None
+        done = skip
+        batches = task.batches("train", batch_size, shuffle=True, seed=epoch_seed(int(tcfg.seed), epoch))
+        with reporter.epoch_progress(epoch, epochs, n_batches) as advance:
+            for i, batch in enumerate(itertools.islice(batches, skip, None), start=skip):
                 with runtime.autocast():
                     loss, stats = task.step(model, batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -110,22 +187,40 @@ def fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedule
                     optimizer.step()
                 if scheduler is not None and interval == "step":
                     scheduler.step()
+                if losses is None:  # the loss's own dtype and device: a float64 loss may exceed float32
+                    losses = torch.zeros(n_batches, dtype=loss.dtype, device=loss.device)
+                losses[i] = loss.detach()
+                done = i + 1
                 total = add_stats(total, stats)
                 state.step += 1
                 advance()
                 if state.step % int(tcfg.log_every_n_steps) == 0:  # the only per-step host sync
-                    logger.log(state.step, epoch, "step", {"loss": loss.item(), "lr": current_lr(optimizer)})
+                    value = loss.item()
+                    logger.log(state.step, epoch, "step", {"loss": value, "lr": current_lr(optimizer)})
+                    if not math.isfinite(value):
+                        _diverged(losses[:i + 1], state.step, epoch, n_batches, optimizer, tcfg, runtime)
+                for signum in signal_at.get(state.step, ()):
+                    os.kill(os.getpid(), signum)
+                if stop.signum is not None:
+                    if not bool(torch.isfinite(losses[:i + 1]).all()):  # never save diverged weights
+                        _diverged(losses[:i + 1], state.step, epoch, n_batches, optimizer, tcfg, runtime)
+                    state.batch, state.partial = i + 1, {k: v.detach().cpu() for k, v in total.items()}
+                    state.elapsed = time.perf_counter() - start
+                    save("last", state)
+                    raise Interrupted(stop.signum)
                 if max_time and time.perf_counter() - start > max_time:
-                    stop = "max_time"
+                    stop_reason = "max_time"
                     break
         state.epoch = epoch
+        if losses is not None and not bool(torch.isfinite(losses[:done]).all()):
+            _diverged(losses[:done], state.step, epoch, n_batches, optimizer, tcfg, runtime)
         train = task.summarize(total)
         if not math.isfinite(train["loss"]):
-            raise UserError(f"the training loss became {train['loss']} in epoch {epoch} (step {state.step}); "
-                            "try a lower optimizer.lr, trainer.clip_grad_norm=1.0 or trainer.precision=fp32")
+            raise Diverged(f"the training loss became {train['loss']} in epoch {epoch} (step {state.step}); "
+                           + _knobs(optimizer, tcfg, runtime))
         parts = {"train": train}
         logger.log(state.step, epoch, "train", {**train, "lr": current_lr(optimizer)})
-        last = epoch == epochs or stop
+        last = epoch == epochs or stop_reason
         if epoch % int(tcfg.eval_every) == 0 or last:
             parts["val"] = evaluate_split(model, task, "val", int(tcfg.eval_batch_size), runtime)
             logger.log(state.step, epoch, "val", parts["val"])
@@ -142,19 +237,40 @@ def fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedule
         if scheduler is not None and interval == "epoch":
             scheduler.step()
         if patience and state.evals_since_best >= int(patience):
-            stop = stop or "early_stopping"
+            stop_reason = stop_reason or "early_stopping"
         state.elapsed = time.perf_counter() - start
         if note:
             save("best", state)
-        if epoch % int(tcfg.checkpoint_every) == 0 or last or stop:
+        saved_last = epoch % int(tcfg.checkpoint_every) == 0 or last or stop_reason or stop.signum is not None
+        if saved_last:
             save("last", state)
         reporter.epoch_line(epoch, epochs, parts, time.perf_counter() - t0, note)
-        if stop:
+        if stop.signum is not None:  # the signal came during the epoch's evaluation or saving
+            raise Interrupted(stop.signum)
+        if stop_reason:
             reporter.say({"max_time": f"stopping: trainer.max_time={tcfg.max_time}s reached",
                           "early_stopping": f"stopping early: {tcfg.monitor} has not improved for "
-                                            f"{patience} evaluations"}[stop])
-            return stop
+                                            f"{patience} evaluations"}[stop_reason])
+            return stop_reason
     return "epochs"
+
+
+def _knobs(optimizer: torch.optim.Optimizer, tcfg: Any, runtime: Runtime) -> str:
+    lr, now = optimizer.defaults.get("lr"), current_lr(optimizer)
+    scheduled = f", {now:.3g} after the schedule" if now != lr else ""
+    return (f"nothing was saved after it; try a lower optimizer.lr (now {lr}{scheduled}), "
+            f"trainer.clip_grad_norm=1.0 (now {tcfg.clip_grad_norm}) or trainer.precision=fp32 "
+            f"(now {runtime.precision})")
+
+
+def _diverged(losses: torch.Tensor, step: int, epoch: int, n_batches: int, optimizer: torch.optim.Optimizer,
+              tcfg: Any, runtime: Runtime) -> None:
+    """Raise Diverged naming the first step of this epoch whose loss was not finite (`losses` ends at `step`)."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    first = int(bad[0, 0]) if len(bad) else len(losses) - 1
+    first_step = step - (len(losses) - 1 - first)
+    raise Diverged(f"the training loss became {float(losses[first])} at step {first_step} (epoch {epoch}, batch "
+                   f"{first + 1} of {n_batches}); " + _knobs(optimizer, tcfg, runtime))
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

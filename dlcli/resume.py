@@ -21,7 +21,7 @@ def find_resume_checkpoint(value: str, outputs: Path = Path("outputs")) -> Path:
     if value == "auto":
         candidates = []
         for info in outputs.glob("runs/*/run.json"):
-            status = json.loads(info.read_text()).get("status")
+            status = _status(info.parent)
             last = info.parent / "checkpoints" / "last.pt"
             if status in ("interrupted", "failed", "running") and last.is_file():
                 candidates.append(last)
@@ -64,12 +64,20 @@ def resume_overrides(overrides: list[str]) -> tuple[list[str], Path | None]:
     return [*merged.values(), f"{KEY}='{ckpt}'"], run_dir  # quoted: Hydra's grammar, any path characters
 
 
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
 def check_resumable(ckpt_path: Path, cfg: object) -> None:
-    """Refuse before anything is written: a run that already did all its epochs has nothing to resume."""
+    """Refuse before anything is written: a finished run that already did all its epochs has nothing to resume.
+    (Killed after its last epoch but before the test split and summary: resuming finishes those.)"""
     from dlcli.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     done, want = int(ckpt["epoch"]), int(cfg.trainer.epochs)  # type: ignore[attr-defined]
-    if done >= want:
+    if done >= want and _status(ckpt_path.parent.parent) == "completed":
         raise UserError(f"trainer.resume: {ckpt_path.parent.parent.name} already finished {done} of "
                         f"trainer.epochs={want}; to train longer add trainer.epochs={done + 10} (say)")

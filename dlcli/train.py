@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import platform
 import shutil
 import signal
@@ -19,7 +20,7 @@ from dlcli import __version__
 from dlcli.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from dlcli.data import build_task, check_dataset_config
 from dlcli.errors import UserError, exit_with
-from dlcli.loop import LoopState, evaluate_split, fit, resolve_batch_size
+from dlcli.loop import Interrupted, LoopState, StopRequest, evaluate_split, fit, resolve_batch_size
 from dlcli.metrics import MetricsLogger, Reporter, make_console
 from dlcli.models import build_model, check_fit, count_params, summary_table
 from dlcli.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler
@@ -52,7 +53,7 @@ def check_config(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
 
 
-def run(cfg: DictConfig, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | None = None) -> dict[str, Any]:
     """Train one model; write checkpoints, metrics, plots and summary.json under run_dir."""
     check_config(cfg)
     t = cfg.trainer
@@ -87,14 +88,16 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt["scheduler"] is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
-        state = LoopState(**ckpt["best"])
+        state = LoopState.from_dict(ckpt["best"])
         set_rng_state(ckpt["rng"])  # last: building the model above drew from the RNG
-        reporter.say(f"resuming from {t.resume} (epoch {state.epoch}, step {state.step})")
+        where = f", {state.batch} batches into epoch {state.epoch + 1}" if state.batch else ""
+        reporter.say(f"resuming from {t.resume} (epoch {state.epoch}, step {state.step}{where})")
     logger = MetricsLogger(run_dir, tensorboard=bool(cfg.logger.tensorboard),
                            resume_step=state.step if t.resume else None)
     started = time.perf_counter()
     try:
-        stopped_by = fit(train_model, task, optimizer, scheduler, interval, runtime, t, logger, reporter, save, state)
+        stopped_by = fit(train_model, task, optimizer, scheduler, interval, runtime, t, logger, reporter, save, state,
+                         stop)
         # Test with the best weights (what best.pt holds, so `dl eval best.pt` reproduces it).
         best_path = ckpt_dir / "best.pt"
         if best_path.exists():
@@ -144,7 +147,21 @@ class RunRecord:
 
     def __init__(self, run_dir: Path, cfg: DictConfig):
         self.path = run_dir / "run.json"
-        previous = json.loads(self.path.read_text()) if cfg.trainer.resume and self.path.exists() else None
+        previous = None
+        if cfg.trainer.resume and self.path.exists():
+            try:
+                previous = json.loads(self.path.read_text())
+            except ValueError:  # unreadable: start a fresh record for this run
+                previous = None
+        elif not cfg.trainer.resume:
+            try:  # claim the directory: two runs never share one, whatever the timing
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                raise UserError(f"hydra.run.dir={run_dir} already holds a run (run.json); pick a new directory "
+                                "(nothing was changed)") from None
+            except OSError as e:
+                raise UserError(f"cannot write the run directory {run_dir}: {e.strerror}; run dl where you can "
+                                "write, or choose a directory with hydra.run.dir=PATH") from None
         self.data = {
             "status": "running",
             "command": " ".join(["dl", "train", *_task_overrides()]),
@@ -164,7 +181,9 @@ class RunRecord:
         self.write()
 
     def write(self) -> None:
-        self.path.write_text(json.dumps(self.data, indent=2))
+        tmp = self.path.with_name(".run.json.tmp")  # replaced whole: a kill never leaves half a run.json
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
 
     def finish(self, status: str, **extra: Any) -> None:
         self.data.update(status=status, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
@@ -177,39 +196,55 @@ def _task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-class Terminated(BaseException):
-    """SIGTERM (kill, a scheduler, a container stopping): handled like Ctrl-C, exit 143."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
 def run_job(cfg: DictConfig) -> float | None:
     """What Hydra calls per job: the run around run(), with its record and its failure modes."""
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    record = RunRecord(run_dir, cfg)
+    try:
+        record = RunRecord(run_dir, cfg)
+    except UserError as e:  # another run's directory: touch nothing
+        exit_with(e)
     console = make_console()
     reporter = Reporter(console, enabled=bool(cfg.logger.console))
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    # SIGINT/SIGTERM: the loop finishes its step and saves last.pt; a second signal stops at once.
+    stop = StopRequest()
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, stop)
+        except ValueError:  # not the main thread (a threaded launcher): keep the default behaviour
+            pass
     try:
-        summary = run(cfg, run_dir, reporter)
+        summary = run(cfg, run_dir, reporter, stop)
     except UserError as e:
         record.finish("failed", error=str(e))
-        if not (run_dir / "checkpoints").exists() and not cfg.trainer.resume:  # leave no half-made run behind
+        if not (run_dir / "metrics.jsonl").exists() and not cfg.trainer.resume:  # failed before training: no run
             shutil.rmtree(run_dir, ignore_errors=True)
         exit_with(e)
-    except (KeyboardInterrupt, Terminated) as e:
+    except (KeyboardInterrupt, Interrupted) as e:
         record.finish("interrupted")
-        console.print(f"interrupted; continue with: dl train trainer.resume={run_dir}")
-        sys.exit(143 if isinstance(e, Terminated) else 130)
+        code = e.exit_code if isinstance(e, Interrupted) else 130
+        last = run_dir / "checkpoints" / "last.pt"
+        if last.exists():
+            console.print(f"interrupted; checkpoints/last.pt holds step {_saved_step(last)}; continue with: "
+                          f"dl train trainer.resume={run_dir}")
+        else:
+            console.print("interrupted before the first checkpoint; nothing to resume")
+        sys.exit(code)
     except BaseException as e:
         record.finish("failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     record.finish("completed", device=summary["device"], wall_time_s=summary["wall_time_s"])
     value = summary["best"]["value"]
     return float(value) if value is not None else None
+
+
+def _saved_step(path: Path) -> str:
+    try:
+        return str(load_checkpoint(path)["step"])
+    except UserError:
+        return "?"

@@ -1,68 +1,172 @@
-"""Resume: a run stopped by Ctrl-C and continued with trainer.resume ends bit for bit like one never stopped."""
+"""Resume and recovery: a run stopped by a signal, or killed outright (even in the middle of writing a checkpoint),
+and continued with trainer.resume, ends bit for bit like one never stopped: every logged step's loss, every epoch's
+summary, the final weights and the test metrics."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 import torch
 
-from conftest import DATA_DIR, FAST, read_jsonl
+from conftest import DATA_DIR, FAST, CLI, read_jsonl
 
-# Dropout on, so the RNG state must be restored too; small batches so an epoch lasts long enough to interrupt.
-ARGS = ["model.dropout=0.2", "dataset.n_samples=2000", "trainer.batch_size=2", "trainer.epochs=5", *FAST]
-
-
-def _epoch_rows(run):
-    return [(r["split"], r["epoch"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl")
-            if r["split"] in ("train", "val")]
+# Dropout on, so the RNG state must be restored too; 53 steps an epoch, every step's loss logged.
+ARGS = ["model.dropout=0.2", "dataset.n_samples=600", "trainer.batch_size=8", "trainer.epochs=3",
+        "trainer.log_every_n_steps=1", *FAST]
+STEPS_PER_EPOCH = 53
 
 
-def test_interrupted_run_resumes_bit_for_bit(dl):
-    dl.ok("train", *ARGS)
-    straight = dl.last_run()
+def rows(run: Path) -> list[tuple]:
+    """Every logged row but the wall-clock ones: (split, step, epoch, metrics...)."""
+    return [tuple(sorted(r.items())) for r in read_jsonl(run / "metrics.jsonl")]
 
-    env = {**os.environ, "DL_DATA_DIR": str(DATA_DIR)}
-    proc = subprocess.Popen([sys.executable, "-m", "dlcli", "train", *ARGS], cwd=dl.cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait for the first epoch's checkpoint, then press Ctrl-C mid-epoch
-        runs = [r for r in dl.runs() if r != straight]
-        if runs and (runs[0] / "checkpoints" / "last.pt").exists():
-            break
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_run(reference: Path, run: Path) -> None:
+    assert rows(reference) == rows(run), "the losses differ from the uninterrupted run"
+    a, b = weights(reference / "checkpoints" / "last.pt"), weights(run / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "final weights differ"
+    test = [json.loads((r / "summary.json").read_text())["test"] for r in (reference, run)]
+    assert test[0] == test[1]
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    assert not list((run / "checkpoints").glob(".*.tmp")), "a stale temp file was left behind"
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Tiny models on a busy 2-core machine: one intra-op thread is 2-3x faster than two fighting for the cores."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    cli = CLI(tmp_path_factory.mktemp("reference"))
+    cli.ok("train", *ARGS, env={"OMP_NUM_THREADS": "1"})
+    return cli.last_run()
+
+
+def start(dl: CLI, env: dict | None = None) -> subprocess.Popen:
+    full = {**os.environ, "DL_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1", **(env or {})}
+    full.pop("DL_DEBUG", None)
+    return subprocess.Popen([sys.executable, "-m", "dlcli", "train", *ARGS], cwd=dl.cwd, env=full, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"exited {proc.returncode} before {path} appeared: {proc.communicate()}"
+        assert time.time() < deadline, f"{path} never appeared"
         time.sleep(0.02)
-    time.sleep(0.3)
+
+
+# (id, test hook, exit code, how to resume): the loop signals itself after step N, so the stop lands mid-epoch
+# deterministically; step 106 is the last step of epoch 2 (the edge where the saved epoch is complete).
+SIGNALS = [("sigint-mid-epoch", "70", 130, "RUN"), ("sigterm-end-of-epoch", "106:TERM", 143, "auto")]
+
+
+@pytest.mark.parametrize("hook,code,how", [c[1:] for c in SIGNALS], ids=[c[0] for c in SIGNALS])
+def test_signal_finishes_the_step_saves_and_resumes_bit_for_bit(dl, reference, hook, code, how):
+    res = dl("train", *ARGS, env={"DL_TEST_SIGNAL_AT_STEP": hook})
+    assert res.returncode == code, res.stdout + res.stderr
+    run = dl.last_run()
+    step = int(hook.split(":")[0])
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == step and ckpt["epoch"] * STEPS_PER_EPOCH + ckpt["best"]["batch"] == step
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert f"holds step {step}; continue with: dl train trainer.resume={run}" in res.stdout
+    assert "finishing this step and saving" in res.stderr and "Traceback" not in res.stderr
+    assert max(r["step"] for r in read_jsonl(run / "metrics.jsonl")) == step
+    if how == "RUN":  # a mid-epoch checkpoint is an ordinary one for dl eval (what it runs, in-process)
+        from dlcli.evaluate import restore, restore_task
+        from dlcli.loop import evaluate_split
+
+        r = restore(run / "checkpoints" / "last.pt", [])
+        metrics = evaluate_split(r.model, restore_task(r), "test", 256, r.runtime)
+        assert r.ckpt["epoch"] == 1 and 0 <= metrics["acc"] <= 1
+    res = dl.ok("train", f"trainer.resume={run if how == 'RUN' else 'auto'}")
+    assert f"step {step}" in res.stdout
+    assert dl.runs() == [run], "resume continues in the same run dir"
+    assert_same_run(reference, run)
+
+
+def test_real_ctrl_c_at_a_random_moment_resumes_bit_for_bit(dl, reference):
+    proc = start(dl)
+    wait_for(dl.cwd / "outputs" / "runs", proc)
+    deadline = time.time() + 120
+    while not (dl.runs() and read_jsonl_safe(dl.runs()[0] / "metrics.jsonl")):  # training has begun
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(random.uniform(0, 0.8))
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
+    run = dl.last_run()
+    if proc.returncode == 0:  # the machine was fast enough to finish first: nothing to resume
+        pytest.skip("the run finished before the signal")
     assert proc.returncode == 130, out + err
-    stopped = [r for r in dl.runs() if r != straight][0]
-    assert json.loads((stopped / "run.json").read_text())["status"] == "interrupted"
-    assert f"trainer.resume={stopped}" in out
-    done = torch.load(stopped / "checkpoints" / "last.pt", weights_only=True)["epoch"]
-    assert 1 <= done < 5
+    dl.ok("train", f"trainer.resume={run}")
+    assert_same_run(reference, run)
 
-    res = dl.ok("train", f"trainer.resume={stopped}")
-    assert "resuming from" in res.stdout
-    assert len(dl.runs()) == 2, "resume continues in the same run dir"
-    info = json.loads((stopped / "run.json").read_text())
-    assert info["status"] == "completed" and len(info["resumed"]) == 1
 
-    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(stopped / "checkpoints" / "last.pt", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 5 and a["step"] == b["step"]
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    assert _epoch_rows(straight) == _epoch_rows(stopped)  # every epoch once, identical losses
-    assert json.loads((straight / "summary.json").read_text())["test"] == json.loads(
-        (stopped / "summary.json").read_text())["test"]
+def read_jsonl_safe(path: Path) -> list:
+    return read_jsonl(path) if path.exists() else []
+
+
+def test_second_ctrl_c_during_the_save_stops_at_once(dl, reference, tmp_path):
+    # Save 3 is the mid-epoch last.pt after the first Ctrl-C (1, 2: best and last of epoch 1): pause inside it,
+    # press Ctrl-C again. The half-written temp file goes, last.pt stays epoch 1's, and resume still ends exact.
+    marker = tmp_path / "in-save"
+    proc = start(dl, {"DL_TEST_SIGNAL_AT_STEP": "70", "DL_TEST_PAUSE_IN_SAVE": f"{marker}@3"})
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    run = dl.last_run()
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == STEPS_PER_EPOCH
+    dl.ok("train", f"trainer.resume={run}")
+    assert_same_run(reference, run)
+
+
+# SIGKILL (no handler runs): in the middle of writing epoch 2's last.pt (save 4: best, last, best, last), and
+# mid-epoch between two saves. The newest complete checkpoint must load and resume must end exact.
+KILLS = [("in-checkpoint-write", "pause@4"), ("mid-epoch", "80:KILL")]
+
+
+@pytest.mark.parametrize("where", [c[1] for c in KILLS], ids=[c[0] for c in KILLS])
+def test_sigkill_then_resume_ends_bit_for_bit(dl, reference, tmp_path, where):
+    marker = tmp_path / "in-save"
+    env = {"DL_TEST_PAUSE_IN_SAVE": f"{marker}@4"} if where.startswith("pause") else {"DL_TEST_SIGNAL_AT_STEP": where}
+    proc = start(dl, env)
+    if where.startswith("pause"):
+        wait_for(marker, proc)
+        proc.kill()
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    run = dl.last_run()
+    assert json.loads((run / "run.json").read_text())["status"] == "running"  # nobody could record the kill
+    if where.startswith("pause"):
+        assert list((run / "checkpoints").glob(".last.pt.*.tmp")), "the kill should leave a half-written temp file"
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)  # the newest complete one
+    assert ckpt["epoch"] == 1 and ckpt["best"]["batch"] == 0
+    dl.ok("train", "trainer.resume=auto")  # the stale temp file confuses nothing and is cleaned by the next save
+    assert_same_run(reference, run)
 
 
 def test_resume_refusals(dl):
-    dl.ok("train", "trainer.epochs=1", *FAST)
+    dl.ok("train", "trainer.epochs=1", "dataset.n_samples=300", *FAST)
     run = dl.last_run()
     before = (run / "run.json").read_text()
     res = dl("train", f"trainer.resume={run}")
@@ -74,22 +178,14 @@ def test_resume_refusals(dl):
     assert res.returncode == 2 and "cannot go with -m" in res.stderr
     res = dl("train", "trainer.resume=auto")
     assert res.returncode == 2 and "no interrupted or failed run" in res.stderr
+    # Killed after the final last.pt but before the test split and summary.json: resume does just those.
+    expected = json.loads((run / "summary.json").read_text())["test"]
+    (run / "summary.json").unlink()
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "running", "ended": None}))
+    dl.ok("train", "trainer.resume=auto")
+    assert json.loads((run / "summary.json").read_text())["test"] == expected
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
     # Training longer: the finished run continues to the new epoch count in place.
     dl.ok("train", f"trainer.resume={run}", "trainer.epochs=2")
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2 and len(dl.runs()) == 1
-
-
-def test_sigterm_marks_the_run_interrupted_and_it_resumes(dl):
-    env = {**os.environ, "DL_DATA_DIR": str(DATA_DIR)}
-    proc = subprocess.Popen([sys.executable, "-m", "dlcli", "train", *ARGS], cwd=dl.cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (dl.runs() and (dl.runs()[0] / "checkpoints" / "last.pt").exists()):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, out + err
-    run = dl.last_run()
-    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
-    dl.ok("train", "trainer.resume=auto")  # the newest unfinished run
-    assert json.loads((run / "run.json").read_text())["status"] == "completed" and len(dl.runs()) == 1
