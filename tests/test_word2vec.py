@@ -188,3 +188,7 @@ def test_user_errors(dl, tmp_path):
     assert res.returncode == 2 and "no such file" in res.stderr
     res = dl("train", "model=cbow", "model.window=0", *FAST)
     assert res.returncode == 2 and "model.window=0" in res.stderr
+    text = tmp_path / "plain.txt"
+    text.write_text("\n".join(relation_sentences(300, seed=1)))
+    res = dl("train", "model=skipgram", "dataset=corpus", f"dataset.path={text}", "trainer.monitor=val/analogy", *FAST)
+    assert res.returncode == 2 and "trainer.monitor=val/analogy: this embedding task logs val/loss" in res.stderr

@@ -129,6 +129,10 @@ class EmbeddingTask(Task):
         self.noise_cdf = noise_cdf(counts, float(cfg.get("ns_exponent", 0.75)))
         self.questions = questions or []
         self.similarity = similarity or []
+        # what eval_metrics will report (so trainer.monitor=val/analogy is refused up front when there is no file)
+        self.eval_metric_names = tuple(n for n, have in (("analogy", self.questions), ("analogy_oov", self.questions),
+                                                         ("similarity", self.similarity),
+                                                         ("similarity_oov", self.similarity)) if have)
         self.probes = [str(w) for w in (cfg.get("probes") or [])]
         self.show = bool(cfg.get("show_neighbours", True))
         self.cpu_threads = int(cfg.get("cpu_threads") or 0)
