@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pickle
+import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FAST, CLI
+from conftest import DATA_DIR, FAST, CLI
 
 GOOD_CSV = "a,b,label\n" + "".join(f"{i},{i % 7},{'x' if i % 2 else 'y'}\n" for i in range(40))
 
@@ -24,7 +29,7 @@ class Evil:
 
 # (id, arguments, what stderr must say, files to create first)
 TRAIN_CASES = [
-    ("unknown-model", ["model=foo"], "model=foo: no such model; choose one of: cnn, gru, lstm, mlp, rnn", {}),
+    ("unknown-model", ["model=foo"], "model=foo: no such model; choose one of: attention, cbow, cnn, gru, lstm, mlp, rnn, seq2seq", {}),
     ("unknown-optimizer", ["optimizer=adamm"], "did you mean adam?", {}),
     ("wrong-type", ["trainer.epochs=abc"], "trainer.epochs must be an integer", {}),
     ("unknown-key", ["trainer.epocs=3"], "no key 'trainer.epocs' (did you mean trainer.epochs?)", {}),
@@ -70,6 +75,10 @@ TRAIN_CASES = [
      {}),
     ("block-longer-than-text", ["model=rnn", "dataset=grammar", "dataset.n_sentences=50", "dataset.block_size=4000"],
      "shorter than dataset.block_size=4000", {}),
+    ("outputs-not-a-directory", [], "cannot create a run directory under outputs/runs: Not a directory",
+     {"outputs": b"a file where the outputs directory should be"}),
+    ("run-dir-unwritable", ["hydra.run.dir=blocked/run"], "hydra.run.dir=blocked/run: cannot create it",
+     {"blocked": b"a file"}),
 ]
 if importlib.util.find_spec("tensorboard") is None:
     TRAIN_CASES.append(("tensorboard-missing", ["logger=tensorboard"], "needs the tensorboard package", {}))
@@ -85,19 +94,51 @@ def assert_one_line_error(res, expected: str) -> None:
     assert "Traceback" not in res.stdout + res.stderr
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Tiny models on a busy 2-core machine: one intra-op thread is 2-3x faster than two fighting for the cores."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.mark.parametrize("args,expected,files", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
 def test_train_user_errors(dl, args, expected, files):
     for name, content in files.items():
         (dl.cwd / name).write_bytes(content)
     res = dl("train", *args, *FAST)
     assert_one_line_error(res, expected)
-    assert not list((dl.cwd / "outputs").glob("*/*")), "a failed start must leave no run or sweep directory"
+    if (dl.cwd / "outputs").is_dir():
+        assert not list((dl.cwd / "outputs").glob("*/*")), "a failed start must leave no run or sweep directory"
+    for name, content in files.items():
+        assert (dl.cwd / name).read_bytes() == content, f"{name} was changed"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories anyway")
+def test_read_only_outputs(dl):
+    (dl.cwd / "outputs" / "runs").mkdir(parents=True)
+    (dl.cwd / "outputs" / "runs").chmod(0o555)
+    try:
+        assert_one_line_error(dl("train", *FAST), "cannot create a run directory under outputs/runs: Permission")
+    finally:
+        (dl.cwd / "outputs" / "runs").chmod(0o755)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("trained")
-    CLI(cwd).ok("train", "trainer.epochs=1", "dataset.n_samples=300", *FAST)
+    CLI(cwd).ok("train", "trainer.epochs=1", "dataset.n_samples=300", *FAST, env={"OMP_NUM_THREADS": "1"})
+    return CLI(cwd).last_run()
+
+
+LM_TEXT = "the cat sat on the mat. " * 60
+
+
+@pytest.fixture(scope="module")
+def trained_lm(tmp_path_factory) -> Path:
+    """A character LM trained on a text of a few letters (its vocabulary)."""
+    cwd = tmp_path_factory.mktemp("trained_lm")
+    (cwd / "a.txt").write_text(LM_TEXT)
+    CLI(cwd).ok("train", "model=rnn", "dataset=text", f"dataset.path={cwd / 'a.txt'}", "dataset.block_size=16",
+                "model.hidden_size=16", "trainer.epochs=1", *FAST, env={"OMP_NUM_THREADS": "1"})
     return CLI(cwd).last_run()
 
 
@@ -113,6 +154,10 @@ def _write_ckpts(cwd: Path, good: Path) -> None:
         pickle.dump(Evil(), f)
     torch.save({"format": "dlcli.checkpoint", "model": Evil()}, cwd / "evil_torch.pt")
     (cwd / "emptydir").mkdir()
+    broken = cwd / "brokenrun"  # a run whose last.pt was cut short
+    shutil.copytree(good.parent.parent / ".hydra", broken / ".hydra")
+    (broken / "checkpoints").mkdir()
+    (broken / "checkpoints" / "last.pt").write_bytes(data[: len(data) // 3])
 
 
 EVAL_CASES = [
@@ -130,21 +175,32 @@ EVAL_CASES = [
     ("sample-two-ckpts", ["sample", "GOOD", "GOOD"], "dl sample takes one checkpoint"),
     ("sample-missing-input", ["sample", "GOOD", "--input", "nope.csv"], "--input=nope.csv: no such file"),
     ("sample-input-wrong-columns", ["sample", "GOOD", "--input", "cols.csv"], "needs the column(s) x, y"),
+    ("eval-other-vocabulary", ["eval", "LM", "dataset.path=other.txt"],
+     "the text has 3 token(s) outside the model's vocabulary: 'x', 'y', 'z'"),
+    ("export-not-word2vec", ["export", "GOOD"], "dl export writes word vectors; this is a mlp checkpoint"),
+    ("export-two-ckpts", ["export", "GOOD", "GOOD"], "dl export takes one checkpoint, got 2"),
+    ("export-truncated", ["export", "truncated.pt"], "truncated or corrupt"),
+    ("resume-finished-run", ["train", "trainer.resume=RUN"], "already finished 1 of trainer.epochs=1"),
+    ("resume-not-a-run", ["train", "trainer.resume=other.pt"], "is not inside a dl run dir"),
+    ("resume-truncated-checkpoint", ["train", "trainer.resume=brokenrun"], "truncated or corrupt"),
 ]
 if torch.cuda.is_available():
     EVAL_CASES = [c for c in EVAL_CASES if c[0] != "eval-cuda"]
 
 
 @pytest.mark.parametrize("args,expected", [c[1:] for c in EVAL_CASES], ids=[c[0] for c in EVAL_CASES])
-def test_eval_and_sample_user_errors(dl, trained, args, expected):
+def test_eval_and_sample_user_errors(dl, trained, trained_lm, args, expected):
     good = trained / "checkpoints" / "best.pt"
     _write_ckpts(dl.cwd, good)
     (dl.cwd / "cols.csv").write_text("p,q\n1,2\n")
-    before = good.read_bytes()
-    res = dl(*[str(good) if a == "GOOD" else a for a in args])
+    (dl.cwd / "other.txt").write_text("xyz " * 200)
+    before = {p: p.read_bytes() for run in (trained, trained_lm) for p in run.rglob("*") if p.is_file()}
+    places = {"GOOD": str(good), "RUN": str(trained), "LM": str(trained_lm / "checkpoints" / "best.pt")}
+    res = dl(*[places.get(a, a.replace("RUN", str(trained))) for a in args])
     assert_one_line_error(res, expected)
     assert not (dl.cwd / "PWNED").exists(), "the malicious pickle ran code"
-    assert good.read_bytes() == before
+    after = {p: p.read_bytes() for run in (trained, trained_lm) for p in run.rglob("*") if p.is_file()}
+    assert after == before, "a failed command changed a run"
 
 
 def test_existing_run_dir_is_never_overwritten(dl, trained):
@@ -157,3 +213,76 @@ def test_existing_run_dir_is_never_overwritten(dl, trained):
 def test_debug_env_shows_the_traceback(dl):
     res = dl("train", "model=foo", env={"DL_DEBUG": "1"})
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+# Failures after training began: exit 2 and one line as well, but the run dir stays (run.json failed, with the
+# error) and so does the last good checkpoint.
+RUN_CASES = [
+    ("loss-diverges", ["optimizer=sgd", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=1e9"], {},
+     "the training loss became nan at step"),
+    ("disk-full", [], {"DL_TEST_ENOSPC_AT_SAVE": "3"}, "no space left writing"),
+]
+
+
+@pytest.mark.parametrize("args,env,expected", [c[1:] for c in RUN_CASES], ids=[c[0] for c in RUN_CASES])
+def test_failed_run_keeps_the_last_good_checkpoint(dl, args, env, expected):
+    res = dl("train", "trainer.epochs=3", "dataset.n_samples=300", "trainer.log_every_n_steps=2", *args, *FAST,
+             env=env)
+    assert_one_line_error(res, expected)
+    run = dl.last_run()
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "failed" and expected in info["error"]
+    assert not (run / "summary.json").exists()
+    ckpts = sorted((run / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["best.pt", "last.pt"], "no temp file may be left"
+    for path in ckpts:  # epoch 1's, whole and finite: epoch 2 failed before (or while) saving
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["epoch"] == 1 and all(t.isfinite().all() for t in ckpt["model"].values())
+    if "nan" in expected:  # the first non-finite step, in epoch 2 (steps 5-8), and the knobs to turn
+        assert "(epoch 2, batch" in res.stderr and "optimizer.lr (now 0.05" in res.stderr
+        assert "trainer.clip_grad_norm=1.0" in res.stderr and "trainer.precision=fp32" in res.stderr
+    else:
+        assert str(run / "checkpoints") in res.stderr and "is intact" in res.stderr
+
+
+def test_run_dirs_made_in_the_same_second_never_collide(tmp_path):
+    from dlcli.app import fresh_dir
+
+    made: list[Path] = []
+    threads = [threading.Thread(target=lambda: made.append(fresh_dir(tmp_path / "runs", "_mlp_spirals")))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(made)) == 8 and all(p.is_dir() for p in made)
+
+
+def test_two_runs_started_at_once_get_their_own_dirs(dl):
+    env = {**os.environ, "DL_DATA_DIR": str(DATA_DIR), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "dlcli", "train", "trainer.epochs=1", "dataset.n_samples=300", *FAST]
+    procs = [subprocess.Popen(args, cwd=dl.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, stdin=subprocess.DEVNULL) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = dl.runs()
+    assert len(runs) == 2 and all((r / "summary.json").exists() for r in runs)
+    assert {json.loads((r / "run.json").read_text())["status"] for r in runs} == {"completed"}
+
+
+# Caught by the argument parser (Typer/click or Hydra's argparse) before dl's own checks: exit 2, a usage line,
+# then the error naming the option and, where it can, the valid ones.
+USAGE_CASES = [
+    ("unknown-command", ["trian"], "No such command 'trian'"),
+    ("eval-unknown-option", ["eval", "x.pt", "--splt", "test"], "No such option: --splt"),
+    ("runs-wrong-type", ["runs", "--last", "abc"], "Invalid value for '--last'"),
+    ("train-unknown-flag", ["train", "--foo"], "unrecognized arguments: --foo"),
+]
+
+
+@pytest.mark.parametrize("args,expected", [c[1:] for c in USAGE_CASES], ids=[c[0] for c in USAGE_CASES])
+def test_usage_errors(dl, args, expected):
+    res = dl(*args)
+    assert res.returncode == 2 and expected in res.stdout + res.stderr, res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    assert not (dl.cwd / "outputs").exists()
