@@ -64,8 +64,10 @@ class Word2Vec(nn.Module):
         groups = min(len(negatives), -(-rows // self.group))
         per_group = -(-rows // groups)
         pad = groups * per_group - rows
-        pos = (x * self.output(target)).sum(-1)                             # [rows]
-        noise = self.output(negatives[:groups])                             # [G, S, d]
+        # one lookup for both (a table used twice would have its two sparse gradients added before the step)
+        out = self.output(torch.cat([target, negatives[:groups].reshape(-1)]))
+        pos = (x * out[:rows]).sum(-1)                                      # [rows]
+        noise = out[rows:].view(groups, shared, -1)                         # [G, S, d]
         neg = torch.bmm(F.pad(x, (0, 0, 0, pad)).view(groups, per_group, -1), noise.transpose(1, 2))
         # word2vec skips a negative that is the center word itself
         own = F.pad(target, (0, pad), value=-1).view(groups, per_group, 1) == negatives[:groups, None, :]
