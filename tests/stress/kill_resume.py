@@ -102,9 +102,12 @@ def main() -> int:
                 where = one_point(cwd, kind, rng)
                 run = the_run(cwd)
                 newest = load_checkpoint(run / "checkpoints" / "last.pt")  # must open (UserError if not)
-                res = dl(cwd, "train", f"trainer.resume={run}")
-                out = res.communicate(timeout=600)[0]
-                assert res.returncode == 0, f"resume failed ({res.returncode}):\n{out}"
+                if json.loads((run / "run.json").read_text())["status"] == "completed":
+                    where += " (after the run had completed: nothing to resume)"  # killed while exiting
+                else:
+                    res = dl(cwd, "train", f"trainer.resume={run}")
+                    out = res.communicate(timeout=600)[0]
+                    assert res.returncode == 0, f"resume failed ({res.returncode}):\n{out}"
                 got = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
                 same = all(torch.equal(ref_weights[k], got[k]) for k in ref_weights)
                 assert same, "final weights differ"
