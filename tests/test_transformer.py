@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import FAST, REPO, read_jsonl, summary
+from conftest import DATA_DIR, FAST, REPO, read_jsonl, summary
+from dlcli.data import build_task
 from dlcli.errors import UserError
 from dlcli.models.transformer import build
 
@@ -117,7 +118,7 @@ def test_lm_step_matches_forward_and_slides_past_the_window():
 
 
 SWITCHES = [{}, {"norm": "post"}, {"residual": False}, {"positional": "learned"}, {"positional": "none"},
-            {"activation": "relu"}, {"tie_embeddings": False}, {"layers": 1, "heads": 1}]
+            {"activation": "relu"}, {"tie_embeddings": True}, {"layers": 1, "heads": 1}]
 
 
 @pytest.mark.parametrize("over", SWITCHES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
@@ -138,9 +139,9 @@ def test_every_switch_learns_both_kinds_in_a_few_steps(over):
 
 
 def test_tied_and_shared_embeddings():
-    m = model_of(S2S_META)
+    m = model_of(S2S_META, tie_embeddings=True)
     assert m.head.weight is m.tgt_embed.tokens.weight and m.src_embed is m.tgt_embed
-    other = model_of({**S2S_META, "tgt_vocab": VOCAB[:-1], "tgt_vocab_size": len(VOCAB) - 1})
+    other = model_of({**S2S_META, "tgt_vocab": VOCAB[:-1], "tgt_vocab_size": len(VOCAB) - 1}, tie_embeddings=True)
     assert other.src_embed is not other.tgt_embed and other.head.weight is other.tgt_embed.tokens.weight
     untied = model_of(LM_META, tie_embeddings=False)
     assert untied.head.weight is not untied.embed.tokens.weight
@@ -194,3 +195,46 @@ def test_cli_user_error_is_one_line(dl):
     res = dl("train", "model=transformer", "dataset=grammar", "model.heads=3", *FAST)
     assert res.returncode == 2 and "model.heads=3" in res.stderr and "Traceback" not in res.stderr
     assert not dl.runs()
+
+
+TASKS = {"reverse": {"n_train": 200, "n_val": 40, "n_test": 40}, "sort": {"n_train": 200, "n_val": 40, "n_test": 40},
+         "addition": {"n_train": 200, "n_val": 40, "n_test": 40}, "dates": {"n_train": 200, "n_val": 40, "n_test": 40},
+         "grammar": {"n_sentences": 200, "block_size": 32}, "shakespeare": {"block_size": 32}}
+
+
+@pytest.mark.parametrize("dataset", list(TASKS))
+def test_lowers_its_loss_on_each_task(dataset):
+    cfg = OmegaConf.load(REPO / "conf" / "dataset" / f"{dataset}.yaml")
+    if "root" in cfg:
+        if not (DATA_DIR / "tinyshakespeare").is_dir():
+            pytest.skip(f"tiny-shakespeare not under {DATA_DIR}")
+        cfg.root = str(DATA_DIR)
+    cfg = OmegaConf.merge(cfg, TASKS[dataset])
+    task = build_task(cfg, OmegaConf.create({"name": "auto", "label_smoothing": 0.1}), torch.device("cpu"))
+    m = model_of(task.meta).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    batch = next(task.batches("train", 32))
+    losses = []
+    for _ in range(20):
+        loss, _ = task.step(m, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_cli_seq2seq_train_eval_sample_with_beams_and_attention(dl):
+    dl.ok("train", "model=transformer", "dataset=reverse", "dataset.n_train=300", "dataset.n_val=30",
+          "dataset.n_test=30", "dataset.max_len=5", "trainer.epochs=2", "trainer.batch_size=32", "trainer.summary=true",
+          "scheduler=noam", "loss.label_smoothing=0.1", "model.dropout=0.1")
+    run = dl.last_run()
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
+    assert rows[-1]["loss"] < rows[0]["loss"], rows
+    s = summary(run)
+    assert {"test/exact", "test/bleu"} <= set(s["test"])
+    assert (run / "plots" / "attention.png").stat().st_size > 5000
+    ev = json.loads(dl.ok("eval", str(run / "checkpoints" / "best.pt"), "--json").stdout)
+    assert ev["test/exact"] == pytest.approx(s["test"]["test/exact"])
+    out = dl.ok("sample", str(run), "--input", "abcd", "--beam", "3", "--attention-plot", "att.png")
+    assert set(out.stdout.strip()) <= set("abcdefghijkl") and (dl.cwd / "att.png").stat().st_size > 2000

@@ -97,8 +97,10 @@ class Attention(nn.Module):
     def __init__(self, s: Settings, cross: bool):
         super().__init__()
         self.heads, self.dropout = s.heads, s.dropout
-        self.qkv = nn.Linear(s.d_model, (1 if cross else 3) * s.d_model)
-        self.kv = nn.Linear(s.d_model, 2 * s.d_model) if cross else None
+        if cross:  # queries from the decoder, keys and values from the encoder's memory
+            self.q, self.kv = nn.Linear(s.d_model, s.d_model), nn.Linear(s.d_model, 2 * s.d_model)
+        else:
+            self.qkv = nn.Linear(s.d_model, 3 * s.d_model)
         self.proj = nn.Linear(s.d_model, s.d_model)
         self.proj.residual = True  # scaled init (GPT-2)
 
@@ -118,7 +120,7 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
         else:
-            q, (k, v) = self.split(self.qkv(x)), kv
+            q, (k, v) = self.split(self.q(x)), kv
         w = None
         if weights:  # explicit softmax(q k^T / sqrt(d_k)) so the weights can be returned (decoding, pictures)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
