@@ -65,7 +65,7 @@ def main() -> None:
             (cwd / "other.txt").write_text("xyz " * 200)
             res = CLI(cwd)(*[places.get(a, a.replace("RUN", str(trained))) for a in args], *extra, env=env)
             prefix = " ".join(f"{k}={v}" for k, v in (env or {}).items())
-            shown = " ".join(SHOWN.get(a, a) for a in args)
+            shown = " ".join(SHOWN.get(a, a.replace("RUN", SHOWN["RUN"])) for a in args)
             text = message(res.stderr + res.stdout)
             for real, name in ((places["GOOD"], "best.pt"), (places["LM"], "lm.pt"), (str(trained), "<run>"),
                                (str(cwd) + "/", ""), (str(root) + "/", "")):
@@ -102,12 +102,9 @@ def main() -> None:
         "",
         f"{len(rows)} cases.",
     ]
-    group = None
-    for g, case_id, command, code, text in rows:
-        if g != group:
-            out += ["", f"## {g}", "", "| case | command | exit | message |", "|---|---|---|---|"]
-            group = g
-        out.append(f"| {case_id} | `{cell(command)}` | {code} | {cell(text)} |")
+    for group in dict.fromkeys(r[0] for r in rows):  # sections in order of first appearance
+        out += ["", f"## {group}", "", "| case | command | exit | message |", "|---|---|---|---|"]
+        out += [f"| {i} | `{cell(c)}` | {code} | {cell(t)} |" for g, i, c, code, t in rows if g == group]
     dest = TESTS.parent / "docs" / "errors.md"
     dest.parent.mkdir(exist_ok=True)
     dest.write_text("\n".join(out) + "\n")
