@@ -109,7 +109,6 @@ class EmbeddingTask(Task):
     """
 
     kind = "embedding"
-    eval_metric_names = ("analogy", "similarity")
 
     def __init__(self, splits: dict[str, tuple[Tensor, ...]], meta: dict, cfg: Any, questions: list | None = None,
                  similarity: list | None = None):
@@ -178,15 +177,12 @@ class EmbeddingTask(Task):
         negatives = torch.searchsorted(self.noise_cdf, u).clamp_(max=len(self.noise_cdf) - 1)
         return ids, contexts, negatives
 
-    def num_batches(self, split: str, batch_size: int) -> int:
-        return -(-self.size(split) // batch_size)
-
     def step(self, model: torch.nn.Module, batch: tuple) -> tuple[Tensor, dict[str, Tensor]]:
         loss_sum, pairs = model.loss(*batch)
         pairs_f = pairs.clamp(min=1).to(loss_sum.dtype)
         # The value is the mean loss per pair (readable); the gradient is that of the sum, so that an SGD step of
         # lr alpha moves each pair as much as word2vec's own per-pair update does.
-        loss = loss_sum + (loss_sum.detach() / pairs_f - loss_sum.detach())
+        loss = (loss_sum - loss_sum.detach()) + loss_sum.detach() / pairs_f
         return loss, {"loss_sum": loss_sum.detach(), "pairs": pairs.to(loss_sum.dtype)}
 
     def summarize(self, stats: dict[str, Tensor]) -> dict[str, float]:

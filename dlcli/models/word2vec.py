@@ -2,8 +2,8 @@
 
 Two tables: `input` holds the word vectors (word2vec's syn0, what is exported), `output` the vectors words have as
 prediction targets (syn1neg, zero at the start). Both use sparse gradients, so an SGD step touches only the rows a
-batch used. A batch (dlcli/data/corpus.py) is centers [n], contexts [n, 2*window] (-1: none) and negatives [n, k]
-shared by the context words of one center: the scores of a center are one small matrix product.
+batch used. A batch (dlcli/data/corpus.py) is centers [n], contexts [n, 2*window] (-1: none) and negatives [G, S]:
+each group of `negative_group` training rows shares S negatives, so its negative scores are one matrix product.
 """
 
 from __future__ import annotations
