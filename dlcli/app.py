@@ -86,7 +86,10 @@ def train_cli(args: list[str]) -> None:
         check_resumable(Path(configs[0].trainer.resume), configs[0])
     if multirun:
         sweep_dir = _user_dir(overrides, "hydra.sweep.dir") or fresh_dir(Path("outputs/sweeps"), "")
-        _call_hydra(flags, overrides + [f"hydra.sweep.dir={sweep_dir}"])
+        try:
+            _call_hydra(flags, overrides + [f"hydra.sweep.dir={sweep_dir}"])
+        finally:
+            _remove_if_empty(sweep_dir)
         from dlcli.runs import summarize_sweep
 
         summarize_sweep(sweep_dir)
@@ -94,7 +97,17 @@ def train_cli(args: list[str]) -> None:
         cfg = configs[0]
         run_dir = resume_dir or _user_dir(overrides, "hydra.run.dir") or fresh_dir(
             Path("outputs/runs"), f"_{cfg.model.name}_{cfg.dataset.name}")
-        _call_hydra(flags, overrides + [f"hydra.run.dir={run_dir}"])
+        try:
+            _call_hydra(flags, overrides + [f"hydra.run.dir={run_dir}"])
+        finally:
+            _remove_if_empty(run_dir)  # Hydra refused its arguments (dl train --foo): leave no empty run dir
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()  # only ever removes an empty directory
+    except OSError:
+        pass
 
 
 def _call_hydra(flags: list[str], overrides: list[str]) -> None:

@@ -285,4 +285,4 @@ def test_usage_errors(dl, args, expected):
     res = dl(*args)
     assert res.returncode == 2 and expected in res.stdout + res.stderr, res.stdout + res.stderr
     assert "Traceback" not in res.stdout + res.stderr
-    assert not (dl.cwd / "outputs").exists()
+    assert not list((dl.cwd / "outputs").glob("*/*")), "a refused command must leave no run directory"
