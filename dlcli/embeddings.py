@@ -208,6 +208,8 @@ def show_analogy_examples(unit: Tensor, vocab: list[str], index: dict[str, int],
     seen: dict[str, int] = {}
     lines = []
     for section, (a, b, c, d) in questions:
+        if len(lines) >= 12:
+            break
         if seen.get(section, 0) >= per_section or not all(w in index for w in (a, b, c, d)):
             continue
         seen[section] = seen.get(section, 0) + 1
