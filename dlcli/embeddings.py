@@ -184,7 +184,7 @@ def evaluate_embeddings(task: Any, model: Any, show: bool = False) -> dict[str, 
 
 
 def finish_run(task: Any, model: Any) -> dict[str, float]:
-    """End of training (test split, best weights): print a few analogies and write vectors.txt into the run dir."""
+    """End of training (test split, best weights) and `dl eval --split test`: analogy counts, a few examples."""
     vocab = task.meta["vocab"]
     unit = unit_rows(model.vectors())
     index = {w: i for i, w in enumerate(vocab)}
@@ -195,9 +195,6 @@ def finish_run(task: Any, model: Any) -> dict[str, float]:
                     "analogy_oov": float(r["oov"])})
         if task.show:
             show_analogy_examples(unit, vocab, index, task.questions)
-    run_dir = _hydra_run_dir()
-    if run_dir is not None:  # `dl train`: every run leaves vectors other tools load (not `dl eval`)
-        save_word2vec(run_dir / "vectors.txt", vocab, model.vectors())
     return out
 
 
@@ -221,15 +218,6 @@ def show_analogy_examples(unit: Tensor, vocab: list[str], index: dict[str, int],
         make_console().print("analogies (test):\n" + "\n".join(lines), highlight=False)
 
 
-def _hydra_run_dir() -> Path | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-    except (ImportError, ValueError):
-        return None
-
-
 # --------------------------------------------------------------------------------------------------- export
 def save_word2vec(path: Path, vocab: list[str], vectors: Tensor, binary: bool = False) -> Path:
     """The word2vec C tool's format: a `count size` header, then a word and its vector a line (text: decimals;
@@ -241,8 +229,6 @@ def save_word2vec(path: Path, vocab: list[str], vectors: Tensor, binary: bool = 
     with open(tmp, "wb") as f:
         f.write(f"{len(vocab)} {v.shape[1]}\n".encode())
         if binary:
-            import numpy as np
-
             arr = v.numpy().astype("<f4")
             for word, row in zip(vocab, arr):
                 f.write(word.encode() + b" " + row.tobytes() + b"\n")

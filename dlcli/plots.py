@@ -23,7 +23,7 @@ def learning_curves(rows: list[dict], path: Path, title: str) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val")}
-    names = [k for k in ("exact", "acc", "r2", "bpc", "seq_acc") if any(k in r for r in by_split["val"])][:1]
+    names = [k for k in ("exact", "acc", "r2", "bpc", "seq_acc", "analogy") if any(k in r for r in by_split["val"])][:1]
     fig, axes = plt.subplots(1, 1 + len(names), figsize=(5.5 * (1 + len(names)), 4), squeeze=False)
     for ax, name in zip(axes[0], ["loss", *names]):
         for split, style in (("train", "-"), ("val", "-o")):

@@ -106,6 +106,8 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
         test.update(task.final_metrics(model))
         logger.log(state.step, state.epoch, "test", test)
         breakdown = task.breakdown(model)
+        for path in task.write_outputs(model, run_dir):
+            reporter.say(f"wrote: {path}")
     finally:
         logger.close()
     wall = time.perf_counter() - started

@@ -199,6 +199,12 @@ class EmbeddingTask(Task):
 
         return finish_run(self, model)
 
+    def write_outputs(self, model: torch.nn.Module, run_dir: Path) -> list[Path]:
+        """Every `dl train` run leaves vectors.txt (word2vec text format) that gensim and other tools load."""
+        from dlcli.embeddings import save_word2vec
+
+        return [save_word2vec(run_dir / "vectors.txt", self.meta["vocab"], model.vectors())]
+
 
 def keep_probabilities(counts: Tensor, sample: float) -> Tensor:
     """word2vec's subsampling: keep a word of frequency f with p = (sqrt(f/t) + 1) t/f, t = sample (gensim's

@@ -8,6 +8,7 @@ read once per epoch (`summarize`), so the loop never syncs per step.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,6 +71,10 @@ class Task:
     def breakdown(self, model: nn.Module, split: str = "test") -> dict[str, Any]:
         """Structured results for summary.json beyond flat metrics (e.g. exact match per input length)."""
         return {}
+
+    def write_outputs(self, model: nn.Module, run_dir: Path) -> list[Path]:
+        """Files a finished `dl train` run leaves beside its checkpoints (e.g. word vectors for other tools)."""
+        return []
 
     def final_metrics(self, model: nn.Module) -> dict[str, float]:
         """Metrics measured once on the final model beyond the loss (e.g. validity of generated samples)."""
