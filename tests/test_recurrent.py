@@ -85,7 +85,7 @@ def test_text_dataset_word_level(dl):
     assert out["test/loss"] > 0
     (dl.cwd / "alien.txt").write_text("zebras graze quietly\n" * 100)
     res = dl("eval", str(dl.last_run()), "dataset.path=alien.txt")
-    assert res.returncode == 2 and "outside the model's vocabulary" in res.stderr
+    assert res.returncode == 2 and "dataset.path=alien.txt has" in res.stderr and "training vocabulary" in res.stderr
 
 
 def _net(name: str, kind: str = "lm", **kw) -> RecurrentNet:

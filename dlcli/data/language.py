@@ -110,8 +110,10 @@ def lm_task(text: str, cfg: Any, loss_cfg: Any, extra_meta: dict | None = None,
     index = {t: i for i, t in enumerate(vocab)}
     unseen = sorted(t for t in counts if t not in index)
     if unseen and unk is None:
-        raise UserError(f"the text has {len(unseen)} token(s) outside the model's vocabulary: "
-                        f"{', '.join(repr(t) for t in unseen[:10])}")
+        source = f"dataset.path={cfg.path}" if cfg.get("path") not in (None, "???") else f"dataset={cfg.name}"
+        raise UserError(f"{source} has {len(unseen)} token(s) outside the model's training vocabulary "
+                        f"({len(vocab)} tokens): {', '.join(repr(t) for t in unseen[:10])}; evaluate on text "
+                        "made of the same tokens (a model trained with dataset.min_freq=2 maps rare ones to <unk>)")
     ids = torch.tensor([index.get(t, index.get(unk, 0)) for t in tokens], dtype=torch.long)
     val_n = int(len(ids) * float(cfg.val_fraction))
     test_n = int(len(ids) * float(cfg.test_fraction))
