@@ -156,12 +156,16 @@ def similarity_spearman(unit: Tensor, index: dict[str, int], pairs: list[tuple[s
 
 
 # ------------------------------------------------------------------------------------------------ task hooks
+def unit_vectors(task: Any, model: Any) -> tuple[list[str], Tensor, dict[str, int]]:
+    """(vocabulary, unit-length word vectors, word -> row)."""
+    vocab = task.meta["vocab"]
+    return vocab, unit_rows(model.vectors()), {w: i for i, w in enumerate(vocab)}
+
+
 def evaluate_embeddings(task: Any, model: Any, show: bool = False) -> dict[str, float]:
     """Per evaluation: analogy accuracy and similarity rho (with their OOV counts); neighbours of the probe words
     printed when `show`."""
-    vocab = task.meta["vocab"]
-    unit = unit_rows(model.vectors())
-    index = {w: i for i, w in enumerate(vocab)}
+    vocab, unit, index = unit_vectors(task, model)
     out: dict[str, float] = {}
     if task.questions:
         r = analogy_accuracy(unit, index, task.questions)
@@ -185,9 +189,7 @@ def evaluate_embeddings(task: Any, model: Any, show: bool = False) -> dict[str, 
 
 def finish_run(task: Any, model: Any) -> dict[str, float]:
     """End of training (test split, best weights) and `dl eval --split test`: analogy counts, a few examples."""
-    vocab = task.meta["vocab"]
-    unit = unit_rows(model.vectors())
-    index = {w: i for i, w in enumerate(vocab)}
+    vocab, unit, index = unit_vectors(task, model)
     out: dict[str, float] = {}
     if task.questions:
         r = analogy_accuracy(unit, index, task.questions)
@@ -241,7 +243,7 @@ def save_word2vec(path: Path, vocab: list[str], vectors: Tensor, binary: bool = 
 
 def pca_plot(vectors: Tensor, vocab: list[str], path: Path, title: str, n: int = 150) -> Path:
     """2-D PCA map of the n most frequent words (the vocabulary is sorted by frequency)."""
-    from dlcli.plots import _plt
+    from dlcli.plots import _plt, save_figure
 
     plt = _plt()
     v = vectors[:n].detach().float().cpu()
@@ -255,10 +257,7 @@ def pca_plot(vectors: Tensor, vocab: list[str], path: Path, title: str, n: int =
     ax.set_title(title)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------- commands

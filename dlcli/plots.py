@@ -17,6 +17,17 @@ def _plt() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path, title: str | None = None) -> Path:
+    """Title, tight layout, PNG at 110 dpi, figure closed (pyplot keeps every open figure alive)."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def learning_curves(rows: list[dict], path: Path, title: str) -> Path:
     """Loss and the task's main metric per epoch, train vs val."""
     plt = _plt()
@@ -38,11 +49,7 @@ def learning_curves(rows: list[dict], path: Path, title: str) -> Path:
         ax.legend()
         if name == "loss" and all(r.get("loss", 1) > 0 for r in by_split["train"]):
             ax.set_yscale("log")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def confusion_matrix(counts: torch.Tensor, class_names: list[str], path: Path, title: str) -> Path:
@@ -66,10 +73,7 @@ def confusion_matrix(counts: torch.Tensor, class_names: list[str], path: Path, t
     fig.colorbar(im, ax=ax, fraction=0.046)
     acc = counts.diag().sum().item() / max(counts.sum().item(), 1)
     ax.set_title(f"{title}  (accuracy {acc:.4f})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def prediction_scatter(true: torch.Tensor, pred: torch.Tensor, path: Path, title: str) -> Path:
@@ -83,10 +87,7 @@ def prediction_scatter(true: torch.Tensor, pred: torch.Tensor, path: Path, title
     ax.set_ylabel("predicted")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def image_grid(images: torch.Tensor, titles: list[str], colors: list[str], path: Path, title: str) -> Path:
@@ -102,12 +103,7 @@ def image_grid(images: torch.Tensor, titles: list[str], colors: list[str], path:
         img = img.permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy()
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
         ax.set_title(text, fontsize=8, color=color)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 @torch.no_grad()
@@ -169,10 +165,7 @@ def grad_time_plot(norms: torch.Tensor, path: Path, title: str) -> Path:
     ax.set_ylabel("||dLoss / d state_t||  (mean over a val batch)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_run(run_dir: Path, rows: list[dict], task: Any, model: torch.nn.Module, runtime: Any,
@@ -225,12 +218,7 @@ def attention_heatmaps(examples: list[tuple[list[str], list[str], torch.Tensor]]
             ax.set_ylabel("output")
             if w.shape[0] > 1:
                 ax.set_title(f"head {h + 1}", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def exact_by_length_plot(by_length: dict[str, dict], path: Path, title: str) -> Path:
@@ -243,10 +231,7 @@ def exact_by_length_plot(by_length: dict[str, dict], path: Path, title: str) -> 
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def seq2seq_plots(run_dir: Path, task: Any, model: torch.nn.Module, out: Path, name: str) -> list[Path]:

@@ -45,7 +45,15 @@ def rows(run: Path) -> list:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def one_point(cwd: Path, kind: str, rng: random.Random) -> str:
+def wait_for_first_last_pt(cwd: Path, proc: subprocess.Popen) -> None:
+    while not list((cwd / "outputs" / "runs").glob("*/checkpoints/last.pt")):
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} early: {proc.stdout.read()}")
+        time.sleep(0.01)
+
+
+def one_point(cwd: Path, kind: str, rng: random.Random, window: float) -> str:
+    """window: seconds from the first last.pt to the end of an uninterrupted run (measured on the reference)."""
     """Kill one run at a point of `kind`; return where it was killed."""
     if kind == "in-save":
         k = rng.randint(3, SAVES)  # from the 3rd save on, an epoch's last.pt exists to resume from
@@ -63,11 +71,8 @@ def one_point(cwd: Path, kind: str, rng: random.Random) -> str:
         where = f"after step {step}"
     else:  # a random moment once the first epoch's last.pt exists
         proc = dl(cwd, "train", *ARGS)
-        while not list((cwd / "outputs" / "runs").glob("*/checkpoints/last.pt")):
-            if proc.poll() is not None:
-                raise AssertionError(f"exited {proc.returncode} early: {proc.stdout.read()}")
-            time.sleep(0.01)
-        delay = rng.uniform(0, 2.5)
+        wait_for_first_last_pt(cwd, proc)
+        delay = rng.uniform(0, 0.9 * window)  # calibrated: a fast machine finishes the run in well under 2 s
         time.sleep(delay)
         proc.kill()
         where = f"{delay:.2f}s after the first last.pt"
@@ -89,7 +94,10 @@ def main() -> int:
         ref_dir = Path(tmp) / "reference"
         ref_dir.mkdir()
         proc = dl(ref_dir, "train", *ARGS)
+        wait_for_first_last_pt(ref_dir, proc)
+        t_first = time.time()
         assert proc.wait(600) == 0, proc.stdout.read()
+        window = time.time() - t_first
         ref = the_run(ref_dir)
         ref_weights = torch.load(ref / "checkpoints" / "last.pt", weights_only=True)["model"]
         ok = 0
@@ -99,7 +107,7 @@ def main() -> int:
             kind = rng.choice(["in-save", "at-step", "random-moment"])
             t0 = time.time()
             try:
-                where = one_point(cwd, kind, rng)
+                where = one_point(cwd, kind, rng, window)
                 run = the_run(cwd)
                 newest = load_checkpoint(run / "checkpoints" / "last.pt")  # must open (UserError if not)
                 if json.loads((run / "run.json").read_text())["status"] == "completed":
