@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def wait_for_first_last_pt(cwd: Path, proc: subprocess.Popen) -> None:
 
 
 def one_point(cwd: Path, kind: str, rng: random.Random, window: float) -> str:
-    """window: seconds from the first last.pt to the end of an uninterrupted run (measured on the reference)."""
+    """window: seconds from the first last.pt to summary.json in an uninterrupted run (measured on the reference)."""
     """Kill one run at a point of `kind`; return where it was killed."""
     if kind == "in-save":
         k = rng.randint(3, SAVES)  # from the 3rd save on, an epoch's last.pt exists to resume from
@@ -70,11 +71,16 @@ def one_point(cwd: Path, kind: str, rng: random.Random, window: float) -> str:
         proc = dl(cwd, "train", *ARGS, env={"DL_TEST_SIGNAL_AT_STEP": f"{step}:KILL"})
         where = f"after step {step}"
     else:  # a random moment once the first epoch's last.pt exists
-        proc = dl(cwd, "train", *ARGS)
-        wait_for_first_last_pt(cwd, proc)
-        delay = rng.uniform(0, 0.9 * window)  # calibrated: a fast machine finishes the run in well under 2 s
-        time.sleep(delay)
-        proc.kill()
+        delay = rng.uniform(0, 0.9 * window)  # calibrated: a fast machine trains this in well under a second
+        for _ in range(4):  # timing jitter can let a run finish first: nothing was exercised, draw again sooner
+            shutil.rmtree(cwd / "outputs", ignore_errors=True)
+            proc = dl(cwd, "train", *ARGS)
+            wait_for_first_last_pt(cwd, proc)
+            time.sleep(delay)
+            proc.kill()
+            if proc.wait() == -signal.SIGKILL:
+                break
+            delay /= 2
         where = f"{delay:.2f}s after the first last.pt"
     out = proc.communicate(timeout=600)[0]
     if proc.returncode != -signal.SIGKILL:
@@ -96,8 +102,10 @@ def main() -> int:
         proc = dl(ref_dir, "train", *ARGS)
         wait_for_first_last_pt(ref_dir, proc)
         t_first = time.time()
+        while not list((ref_dir / "outputs" / "runs").glob("*/summary.json")) and proc.poll() is None:
+            time.sleep(0.01)
+        window = time.time() - t_first  # training and testing, not the plots and the exit after them
         assert proc.wait(600) == 0, proc.stdout.read()
-        window = time.time() - t_first
         ref = the_run(ref_dir)
         ref_weights = torch.load(ref / "checkpoints" / "last.pt", weights_only=True)["model"]
         ok = 0
