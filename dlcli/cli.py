@@ -63,7 +63,8 @@ def train(
     Config groups: model (mlp cnn rnn lstm gru seq2seq attention transformer cbow skipgram), dataset (spirals sine
     shapes mnist fashion_mnist csv adding copy parity grammar shakespeare text reverse sort addition dates eng_fra
     pairs relations text8 gutenberg corpus), optimizer (sgd momentum nesterov adagrad rmsprop adam adamw),
-    scheduler (none step cosine warmup_cosine onecycle plateau noam linear), device (auto cpu cuda mps), trainer, logger (default tensorboard quiet).
+    scheduler (none step cosine warmup_cosine onecycle plateau noam linear), device (auto cpu cuda mps), trainer,
+    logger (default tensorboard quiet).
     `dl train --help` lists every option and key; `dl train --cfg job` prints the composed config.
     """
 

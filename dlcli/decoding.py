@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dlcli.data.pairs import BOS, EOS, PAD
+
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
@@ -51,8 +53,7 @@ def generate(model: nn.Module, prompt: Tensor, max_new_tokens: int, temperature:
 
 # ------------------------------------------------------------------------------------------- encoder-decoder models
 # Models with encode(src) -> memory, decode_step(tokens, memory, state) -> (logits, state, attention or None) and
-# reorder_state(state, index). Token ids: PAD 0, BOS 1, EOS 2 (dlcli/data/pairs.py).
-PAD, BOS, EOS = 0, 1, 2
+# reorder_state(state, index). Token ids PAD, BOS, EOS: dlcli/data/pairs.py.
 
 
 def _stack_attention(steps: list[Tensor | None]) -> Tensor | None:

@@ -204,7 +204,8 @@ def attention_heatmaps(examples: list[tuple[list[str], list[str], torch.Tensor]]
     widest = max(max(len(s), len(o)) for s, o, _ in examples)
     cell = min(0.32, 6.0 / max(widest, 1))
     fig, axes = plt.subplots(len(examples), heads, squeeze=False,
-                             figsize=(max(3.0, 1.2 + cell * widest) * heads, max(2.5, 1.0 + cell * widest) * len(examples)))
+                             figsize=(max(3.0, 1.2 + cell * widest) * heads,
+                                      max(2.5, 1.0 + cell * widest) * len(examples)))
     for row, (src, outs, w) in zip(axes, examples):
         w = w if w.dim() == 3 else w[None]
         for h, ax in enumerate(row):
@@ -238,6 +239,7 @@ def seq2seq_plots(run_dir: Path, task: Any, model: torch.nn.Module, out: Path, n
     """Exact match by source length (from summary.json) and attention heatmaps for 4 validation examples."""
     import json
 
+    from dlcli.data.pairs import output_tokens, visible_tokens
     from dlcli.decoding import greedy_decode
 
     paths = []
@@ -249,18 +251,9 @@ def seq2seq_plots(run_dir: Path, task: Any, model: torch.nn.Module, out: Path, n
     if attn is not None:
         examples = []
         for i in range(len(src)):
-            source = [task.meta["src_vocab"][t] for t in src[i].tolist() if t != 0]
+            source = visible_tokens(src[i].tolist(), task.meta["src_vocab"])
             output = output_tokens(ids[i].tolist(), task.meta["tgt_vocab"])
             examples.append((source, output, attn[i].cpu()))
         paths.append(attention_heatmaps(examples, out / "attention.png", f"attention (val examples): {name}"))
     return paths
 
-
-def output_tokens(ids: list[int], vocab: list[str]) -> list[str]:
-    """Decoded ids up to and including <eos> (what each attention row was computed for)."""
-    tokens = []
-    for i in ids:
-        tokens.append(vocab[i])
-        if i == 2:
-            break
-    return tokens

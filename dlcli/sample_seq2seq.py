@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from dlcli.data.pairs import PAD, encode, ids_to_text, tokens_of
+from dlcli.data.pairs import encode, ids_to_text, max_output_len, output_tokens, tokens_of, visible_tokens
 from dlcli.decoding import beam_search, greedy_decode
 from dlcli.errors import UserError
 from dlcli.metrics import make_console
@@ -44,7 +44,7 @@ def decode(model: torch.nn.Module, src: torch.Tensor, meta: dict, beam: int, len
         raise UserError(f"--max-new-tokens {max_len}: the longest output must be at least 1 token")
     if length_penalty < 0:
         raise UserError(f"--length-penalty {length_penalty}: must be >= 0 (0 = no length normalisation)")
-    max_len = max_len or int(meta["max_tgt_len"]) + 5
+    max_len = max_len or max_output_len(meta)
     if beam == 1:
         return greedy_decode(model, src, max_len)
     return beam_search(model, src, beam, max_len, alpha=length_penalty)
@@ -64,7 +64,7 @@ def sample_seq2seq(r: Any, input_text: str | None, num: int | None, seed: int, b
         src = encode(sources, meta["src_vocab"], bos_eos=False).to(device)
     else:
         src, tgt, _ = _test_examples(r, 10 if num is None else num, seed)
-        sources = [[meta["src_vocab"][t] for t in row if t != PAD] for row in src.tolist()]
+        sources = [visible_tokens(row, meta["src_vocab"]) for row in src.tolist()]
         targets = [ids_to_text(row, meta["tgt_vocab"], meta["tgt_level"]) for row in tgt.tolist()]
     ids, attn = decode(r.model, src, meta, beam, length_penalty, max_len)
     outputs = [ids_to_text(row, meta["tgt_vocab"], meta["tgt_level"]) for row in ids.tolist()]
@@ -98,7 +98,7 @@ def _table(r: Any, sources: list[list[str]], targets: list[str], outputs: list[s
 
 
 def _attention_plot(r: Any, sources: list[list[str]], ids: torch.Tensor, attn: Any, path: Path) -> None:
-    from dlcli.plots import attention_heatmaps, output_tokens
+    from dlcli.plots import attention_heatmaps
 
     if attn is None:
         raise UserError(f"--attention-plot: model={r.cfg.model.name} has no attention to draw (the fixed-context "

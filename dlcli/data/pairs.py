@@ -77,7 +77,7 @@ class Seq2SeqTask(Task):
         return hyps, refs, lengths
 
     def max_output_len(self) -> int:
-        return int(self.meta["max_tgt_len"]) + 5
+        return max_output_len(self.meta)
 
     def eval_metrics(self, model: nn.Module, split: str) -> dict[str, float]:
         hyps, refs, _ = self.decode_split(model, split)
@@ -97,6 +97,11 @@ class Seq2SeqTask(Task):
 
     def source_text(self, ids: list[int]) -> str:
         return ids_to_text(ids, self.meta["src_vocab"], self.meta["src_level"])
+
+
+def max_output_len(meta: dict) -> int:
+    """How long free decoding may run: the longest target seen (BOS and EOS included) and a little slack."""
+    return int(meta["max_tgt_len"]) + 5
 
 
 def bleu(hyps: list[str], refs: list[str], meta: dict) -> float:
@@ -125,6 +130,21 @@ def ids_to_text(ids: list[int], vocab: list[str], level: str) -> str:
             continue
         words.append(vocab[i] if i < len(vocab) else "<unk>")
     return ("" if level == "char" else " ").join(words)
+
+
+def visible_tokens(ids: list[int], vocab: list[str]) -> list[str]:
+    """A source row's tokens without its padding (the columns of an attention plot)."""
+    return [vocab[i] for i in ids if i != PAD]
+
+
+def output_tokens(ids: list[int], vocab: list[str]) -> list[str]:
+    """Decoded ids up to and including <eos> (what each attention row was computed for)."""
+    tokens = []
+    for i in ids:
+        tokens.append(vocab[i])
+        if i == EOS:
+            break
+    return tokens
 
 
 def build_vocab(seqs: list[list[str]], min_freq: int = 1) -> list[str]:

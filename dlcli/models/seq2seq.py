@@ -21,11 +21,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from dlcli.data.pairs import PAD
 from dlcli.errors import UserError
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 SCORES = ("additive", "dot", "general")
-PAD = 0
 
 
 class Memory(NamedTuple):

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dlcli.data.pairs import PAD
 from dlcli.errors import UserError, choices
 
 NORMS = ("pre", "post")
 POSITIONALS = ("sinusoidal", "learned", "none")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
-PAD = 0
 
 
 @dataclass
