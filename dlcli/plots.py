@@ -52,6 +52,44 @@ def learning_curves(rows: list[dict], path: Path, title: str) -> Path:
     return save_figure(fig, path, title)
 
 
+def overlay_curves(series: dict[str, list[dict]], metric: str, path: Path, title: str) -> Path | None:
+    """One line per run: `metric` ("split/name", e.g. val/loss) per epoch, from each run's metrics.jsonl rows.
+    series maps a legend label (e.g. the run's differing overrides) to its rows. None when no run logged it."""
+    split, _, name = metric.partition("/")
+    curves = {label: [(r["epoch"], r[name]) for r in rows if r.get("split") == split and r.get(name) is not None]
+              for label, rows in series.items()}
+    curves = {label: pts for label, pts in curves.items() if pts}
+    if not curves:
+        return None
+    plt = _plt()
+    import textwrap
+
+    from matplotlib.ticker import MaxNLocator
+
+    many = len(curves) > 6
+    labels = ["\n".join(textwrap.wrap(label, 56)) or "(defaults)" for label in curves]
+    legend_lines = sum(label.count("\n") + 1 for label in labels)
+    # Tall enough that a legend beside the axes keeps every entry (a sweep can have dozens of jobs).
+    fig, ax = plt.subplots(figsize=(11 if many else 8, max(5.0, 1.2 + 0.2 * legend_lines) if many else 5))
+    colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
+    for i, (label, pts) in enumerate(zip(labels, curves.values())):
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, "-o" if len(pts) <= 40 else "-", markersize=3, color=colors[i % len(colors)], label=label)
+    values = [v for pts in curves.values() for _, v in pts]
+    if min(values) > 0 and max(values) / min(values) > 10:  # losses that fall by decades read better on a log axis
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3, which="both")
+    # Long override labels: beside the axes (not over the curves) when there are many of them.
+    if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
+    return save_figure(fig, path, title)
+
+
 def confusion_matrix(counts: torch.Tensor, class_names: list[str], path: Path, title: str) -> Path:
     plt = _plt()
     k = len(class_names)

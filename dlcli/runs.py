@@ -18,6 +18,21 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl rows; a line cut short by a kill is skipped."""
+    rows = []
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def _overrides(run_dir: Path) -> list[str]:
     """The task overrides Hydra recorded for a run (.hydra/overrides.yaml)."""
     path = run_dir / ".hydra" / "overrides.yaml"
@@ -91,4 +106,33 @@ def summarize_sweep(sweep_dir: Path) -> Path | None:
     title = f"sweep {sweep_dir}: {len(rows)} jobs, best = {rows[0]['best_metric']}"
     make_console().print(metrics_table(title, rows, shown))
     make_console().print(f"summary: {path}")
+    curves = sweep_curves(Path(sweep_dir), jobs, [{k: over.get(k, "") for k in keys} for over in parsed])
+    if curves is not None:
+        make_console().print(f"curves: {curves}")
     return path
+
+
+def _monitor(run_dir: Path) -> str | None:
+    """The metric a run monitored (summary.json, else its stored config): what its curves are compared on."""
+    metric = _read_json(run_dir / "summary.json").get("best", {}).get("metric")
+    config = run_dir / ".hydra" / "config.yaml"
+    if metric is None and config.exists():
+        from omegaconf import OmegaConf
+
+        metric = OmegaConf.select(OmegaConf.load(config), "trainer.monitor", default=None)
+    return str(metric) if metric else None
+
+
+def sweep_curves(sweep_dir: Path, jobs: list[Path], differing: list[dict[str, str]]) -> Path | None:
+    """<sweep>/curves.png: every job's curve of the monitored metric, labelled by the overrides that differ."""
+    from dlcli.plots import overlay_curves
+
+    metric = next((m for m in map(_monitor, jobs) if m), None)
+    if metric is None:
+        return None
+    series = {}
+    for d, diff in zip(jobs, differing):
+        job = d.name.split("_", 1)[0]
+        series[f"{job}: " + ", ".join(f"{k}={v}" for k, v in diff.items()) if diff else job] = read_metrics(d)
+    return overlay_curves(series, metric, sweep_dir / "curves.png",
+                          f"{metric} per epoch, {len(jobs)} jobs: {sweep_dir.name}")
