@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -45,9 +47,38 @@ class CLI:
         return runs[-1]
 
 
+class InProcessCLI(CLI):
+    """The same `dl` command, run inside the test process: no ~2 s interpreter + torch start per call. For the many
+    cases that end before any training (user errors); a few of them also run in a real process (test_errors)."""
+
+    def __call__(self, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+        from dlcli.cli import app
+
+        saved_env, saved_cwd, code = dict(os.environ), os.getcwd(), 0
+        out, err = io.StringIO(), io.StringIO()
+        os.environ.pop("DL_DEBUG", None)
+        os.environ.update({"DL_DATA_DIR": str(DATA_DIR), **(env or {})})
+        os.chdir(self.cwd)
+        try:
+            with redirect_stdout(out), redirect_stderr(err):
+                app(args=list(args), prog_name="dl")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+        return subprocess.CompletedProcess(["dl", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def dl(tmp_path: Path) -> CLI:
     return CLI(tmp_path)
+
+
+@pytest.fixture
+def dl_inproc(tmp_path: Path) -> InProcessCLI:
+    return InProcessCLI(tmp_path)
 
 
 def read_jsonl(path: Path) -> list[dict]:

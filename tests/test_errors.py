@@ -101,7 +101,8 @@ def one_thread(monkeypatch):
 
 
 @pytest.mark.parametrize("args,expected,files", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
-def test_train_user_errors(dl, args, expected, files):
+def test_train_user_errors(dl_inproc, args, expected, files):
+    dl = dl_inproc
     for name, content in files.items():
         (dl.cwd / name).write_bytes(content)
     res = dl("train", *args, *FAST)
@@ -189,7 +190,8 @@ if torch.cuda.is_available():
 
 
 @pytest.mark.parametrize("args,expected", [c[1:] for c in EVAL_CASES], ids=[c[0] for c in EVAL_CASES])
-def test_eval_and_sample_user_errors(dl, trained, trained_lm, args, expected):
+def test_eval_and_sample_user_errors(dl_inproc, trained, trained_lm, args, expected):
+    dl = dl_inproc
     good = trained / "checkpoints" / "best.pt"
     _write_ckpts(dl.cwd, good)
     (dl.cwd / "cols.csv").write_text("p,q\n1,2\n")
@@ -201,6 +203,24 @@ def test_eval_and_sample_user_errors(dl, trained, trained_lm, args, expected):
     assert not (dl.cwd / "PWNED").exists(), "the malicious pickle ran code"
     after = {p: p.read_bytes() for run in (trained, trained_lm) for p in run.rglob("*") if p.is_file()}
     assert after == before, "a failed command changed a run"
+
+
+@pytest.mark.parametrize("case", ["unknown-model", "csv-no-target-column", "monitor-not-logged"])
+def test_user_errors_in_a_real_process(dl, case):
+    """The cases above run in-process for speed; these go through a real `python -m dlcli` as a user's shell would."""
+    args, expected, files = next(c[1:] for c in TRAIN_CASES if c[0] == case)
+    for name, content in files.items():
+        (dl.cwd / name).write_bytes(content)
+    assert_one_line_error(dl("train", *args, *FAST), expected)
+    assert not (dl.cwd / "outputs").exists() or not list((dl.cwd / "outputs").glob("*/*"))
+
+
+@pytest.mark.parametrize("case", ["truncated", "malicious-torch-save"])
+def test_checkpoint_errors_in_a_real_process(dl, trained, case):
+    args, expected = next(c[1:] for c in EVAL_CASES if c[0] == case)
+    _write_ckpts(dl.cwd, trained / "checkpoints" / "best.pt")
+    assert_one_line_error(dl(*args), expected)
+    assert not (dl.cwd / "PWNED").exists()
 
 
 def test_existing_run_dir_is_never_overwritten(dl, trained):
