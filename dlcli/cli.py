@@ -201,18 +201,76 @@ def export(
     _guard(go)
 
 
-@app.command()
+runs_app = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False,
+                       context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(runs_app, name="runs")
+ROOT_OPTION = typer.Option("outputs", "--dir", help="The outputs directory (holding runs/ and sweeps/).")
+
+
+@runs_app.callback(invoke_without_command=True)
 def runs(
-    root: str = typer.Option("outputs", "--dir", help="The outputs directory to list."),
-    last: Optional[int] = typer.Option(None, "--last", help="Only the N newest runs."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ctx: typer.Context,
+    root: str = ROOT_OPTION,
+    last: Optional[int] = typer.Option(None, "--last", help="Only the N newest runs/sweeps."),
+    model: Optional[str] = typer.Option(None, "--model", help="Only runs of this model, e.g. lstm."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only runs with this status: completed, failed, "
+                                                                "interrupted, running or died."),
+    jobs: bool = typer.Option(False, "--jobs", help="List each sweep's jobs under it."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per run or sweep job)."),
 ) -> None:
-    """List runs and sweep jobs, newest first: status, model, dataset, best metric, duration."""
+    """List runs and sweeps, newest first: start, status, model, dataset, overrides, best monitored value,
+    duration. A run whose process is gone without saying so (killed, power loss) shows as died.
+
+    Examples: dl runs --last 5;  dl runs --status failed --model lstm;  dl runs show <run>;
+    dl runs compare <run> <run>;  dl runs compare outputs/sweeps/<ts>
+    """
+    if ctx.invoked_subcommand is not None:
+        return
 
     def go() -> None:
         from dlcli.runs import list_runs_cli
 
-        list_runs_cli(root, last=last, as_json=as_json)
+        list_runs_cli(root, last=last, as_json=as_json, model=model, status=status, jobs=jobs)
+
+    _guard(go)
+
+
+@runs_app.command("show")
+def runs_show(
+    run: str = typer.Argument(..., metavar="RUN", help="A run dir (or a file in it, or its name under runs/)."),
+    root: str = ROOT_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """One run: status, command, where it ran, its config against the defaults, its summary and plots."""
+
+    def go() -> None:
+        from dlcli.runs_show import show_run_cli
+
+        show_run_cli(run, root, as_json=as_json)
+
+    _guard(go)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    items: list[str] = typer.Argument(..., metavar="RUN... | SWEEP_DIR", help="Runs, or a sweep dir (all its jobs)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="The curve to overlay, split/name (default: the "
+                                                                "monitored metric, e.g. val/loss)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write the plot (default: <sweep>/"
+                                                                "curves.png, or outputs/compare/<time>.png)."),
+    root: str = ROOT_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Compare runs side by side: one table (the overrides that differ, best, last val and test metrics) and
+    one plot with every run's curve.
+
+    Examples: dl runs compare outputs/sweeps/<ts>;  dl runs compare <run> <run> --metric val/acc
+    """
+
+    def go() -> None:
+        from dlcli.runs_show import compare_cli
+
+        compare_cli(items, root, metric=metric, out=out, as_json=as_json)
 
     _guard(go)
 

@@ -175,6 +175,7 @@ class RunRecord:
             "device": str(cfg.device.get("name", "auto")),
             "versions": {"dlcli": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "host": platform.node(),
+            "pid": os.getpid(),  # with host: `dl runs` tells a live run from one killed without a word
         }
         if previous:  # resumed: same run, same start; note when it was resumed
             self.data["started"] = previous.get("started", self.data["started"])
