@@ -20,6 +20,7 @@ from torch import nn
 
 from dlcli.data.task import Task, add_stats
 from dlcli.errors import UserError
+from dlcli.grad_norms import GradNorms
 from dlcli.metrics import MetricsLogger, Reporter
 from dlcli.runtime import Runtime
 
@@ -150,6 +151,9 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
     max_time = float(tcfg.max_time) if tcfg.max_time else None
     patience = tcfg.early_stopping_patience
     signal_at = _test_signals()
+    # trainer.log_grad_norms: per-layer gradient norms on the steps whose loss is logged (none in between)
+    norm_every = int(tcfg.log_every_n_steps) if tcfg.get("log_grad_norms", False) else 0
+    grad_norms = GradNorms(model) if norm_every else None
     start = time.perf_counter() - state.elapsed
     stop_reason = ""
     model.train()
@@ -176,6 +180,8 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
                     scaler.unscale_(optimizer)
                 else:
                     loss.backward()
+                # before clipping: the gradient as the loss made it (read below with the logged loss)
+                norms = grad_norms.compute() if norm_every and (state.step + 1) % norm_every == 0 else None
                 if tcfg.clip_grad_value:
                     nn.utils.clip_grad_value_(model.parameters(), float(tcfg.clip_grad_value))
                 if tcfg.clip_grad_norm:
@@ -197,6 +203,8 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
                 if state.step % int(tcfg.log_every_n_steps) == 0:  # the only per-step host sync
                     value = loss.item()
                     logger.log(state.step, epoch, "step", {"loss": value, "lr": current_lr(optimizer)})
+                    if norms is not None:
+                        logger.log(state.step, epoch, "grad_norm", grad_norms.read(norms))
                     if not math.isfinite(value):
                         _diverged(losses[:i + 1], state.step, epoch, n_batches, optimizer, tcfg, runtime)
                 for signum in signal_at.get(state.step, ()):

@@ -19,8 +19,10 @@ def _plt() -> Any:
 
 def save_figure(fig: Any, path: Path, title: str | None = None) -> Path:
     """Title, tight layout, PNG at 110 dpi, figure closed (pyplot keeps every open figure alive)."""
-    if title:
-        fig.suptitle(title)
+    if title:  # wrapped to the figure's width (a sweep job's dir name lists every override, commas, no spaces)
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title.replace(",", ", "), int(fig.get_figwidth() * 9)))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -84,6 +86,38 @@ def overlay_curves(series: dict[str, list[dict]], metric: str, path: Path, title
     ax.grid(alpha=0.3, which="both")
     # Long override labels: beside the axes (not over the curves) when there are many of them.
     if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
+    return save_figure(fig, path, title)
+
+
+def grad_norm_plot(rows: list[dict], path: Path, title: str) -> Path | None:
+    """Per-layer gradient norms (metrics.jsonl rows with split grad_norm) over training steps, log scale, plus
+    the global norm they make together (what trainer.clip_grad_norm compares with)."""
+    rows = [r for r in rows if r.get("split") == "grad_norm"]
+    names = list(dict.fromkeys(k for r in rows for k in r if k not in ("step", "epoch", "split")))
+    if len(rows) < 2 or not names:  # one logged step is no picture of training (lower trainer.log_every_n_steps)
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10 if len(names) > 6 else 8, 5))
+    colors = plt.get_cmap("tab20" if len(names) > 10 else "tab10").colors
+    steps = [r["step"] for r in rows]
+    for i, name in enumerate(names):
+        pts = [(r["step"], r[name]) for r in rows if isinstance(r.get(name), (int, float)) and r[name] > 0]
+        if pts:
+            ax.plot(*zip(*pts), color=colors[i % len(colors)], label=name, linewidth=1.2,
+                    marker="o" if len(pts) <= 30 else None, markersize=3)
+    total = [(r["step"], sum(r[n] ** 2 for n in names if isinstance(r.get(n), (int, float))) ** 0.5) for r in rows]
+    total = [(s, v) for s, v in total if v > 0]
+    if total:
+        ax.plot(*zip(*total), "k--", linewidth=1.2, label="all layers (global norm)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_xlim(min(steps), max(steps))
+    ax.set_ylabel("gradient norm (before clipping)")
+    ax.grid(alpha=0.3, which="both")
+    if len(names) > 6:  # beside the axes, not over the lines
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
         ax.legend(fontsize=8)
@@ -212,9 +246,15 @@ def plot_run(run_dir: Path, rows: list[dict], task: Any, model: torch.nn.Module,
     out.mkdir(exist_ok=True)
     name = run_dir.name
     paths = [learning_curves(rows, out / "curves.png", name)]
+    grads = grad_norm_plot(rows, out / "grad_norms.png", f"gradient norm per layer: {name}")
+    if grads is not None:
+        paths.append(grads)
     norms = grad_through_time(model, task)
     if norms is not None and norms.sum() > 0:
         paths.append(grad_time_plot(norms, out / "grad_time.png", f"gradient reaching each step: {name}"))
+        import json  # the numbers too: experiments overlay them across runs (dlcli/experiments.py)
+
+        (out / "grad_time.json").write_text(json.dumps([float(v) for v in norms]))
     if task.kind == "seq2seq":
         return paths + seq2seq_plots(run_dir, task, model, out, name)
     if task.kind == "embedding":
