@@ -48,7 +48,10 @@ class MetricsLogger:
             except ImportError:
                 raise UserError("logger=tensorboard needs the tensorboard package: "
                                 "pip install 'dlcli[tensorboard]' (or use logger=default)") from None
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            # flushed every 10 s so a live TensorBoard follows the run; a resumed run hides the events it
+            # logged after its checkpoint (they are done again), as metrics.jsonl drops them
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), flush_secs=10,
+                                     purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, step: int, epoch: int, split: str, values: dict[str, float]) -> None:
         row = {"step": step, "epoch": epoch, "split": split, **{k: _plain(v) for k, v in values.items()}}

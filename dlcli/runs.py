@@ -42,9 +42,13 @@ def _overrides(run_dir: Path) -> list[str]:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.exists():
         return []
-    from omegaconf import OmegaConf
+    import yaml  # a plain list of strings: the C loader reads it ~10x faster than OmegaConf.load (dl runs, many runs)
 
-    return [str(o) for o in OmegaConf.load(path)]
+    try:
+        items = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(o) for o in items or []]
 
 
 # Overrides that change what is printed, not what is trained: left out of the listing's "overrides" column.
