@@ -73,6 +73,7 @@ def train_cli(args: list[str]) -> None:
     from dlcli.resume import resume_overrides
 
     overrides, resume_dir = resume_overrides(overrides)
+    _check_launcher(overrides)
     if resume_dir is not None and multirun:
         raise UserError("trainer.resume continues one run; it cannot go with -m (resume each job on its own)")
     configs = compose_jobs(overrides, multirun)
@@ -84,6 +85,15 @@ def train_cli(args: list[str]) -> None:
         from dlcli.resume import check_resumable
 
         check_resumable(Path(configs[0].trainer.resume), configs[0])
+    from dlcli import distributed
+
+    if distributed.launched():  # torchrun started this process as one of several
+        if multirun:
+            raise UserError("-m cannot run under torchrun (each rank would start the whole sweep); sweep with "
+                            "dl train -m ... trainer.devices=N, which starts N processes per job")
+        from dlcli.runtime import resolve_device
+
+        distributed.init(resolve_device(configs[0].device))
     if multirun:
         sweep_dir = _user_dir(overrides, "hydra.sweep.dir") or fresh_dir(Path("outputs/sweeps"), "")
         try:
@@ -94,13 +104,52 @@ def train_cli(args: list[str]) -> None:
 
         summarize_sweep(sweep_dir)
     else:
-        cfg = configs[0]
+        run_dir = _one_run_dir(overrides, resume_dir, configs[0])
+        try:
+            _call_hydra(flags, overrides + [f"hydra.run.dir={hydra_path(run_dir)}", *distributed.hydra_overrides()])
+        finally:
+            if distributed.is_main():
+                _remove_if_empty(run_dir)  # Hydra refused its arguments (dl train --foo): leave no empty run dir
+
+
+def _one_run_dir(overrides: list[str], resume_dir: Path | None, cfg: DictConfig) -> Path:
+    """The resumed run's dir, hydra.run.dir=PATH, or a fresh one. Under torchrun, rank 0 picks it as one process
+    would and every rank gets the same (the others drop their hydra.run.dir=: rank 0 has checked and made it)."""
+    from dlcli import distributed
+
+    run_dir = None
+    if distributed.is_main():
         run_dir = resume_dir or _user_dir(overrides, "hydra.run.dir") or fresh_dir(
             Path("outputs/runs"), f"_{cfg.model.name}_{cfg.dataset.name}")
-        try:
-            _call_hydra(flags, overrides + [f"hydra.run.dir={run_dir}"])
-        finally:
-            _remove_if_empty(run_dir)  # Hydra refused its arguments (dl train --foo): leave no empty run dir
+    else:
+        overrides[:] = [o for o in overrides if not o.startswith("hydra.run.dir=")]
+    return Path(distributed.broadcast_text(str(run_dir) if run_dir else None))
+
+
+# hydra/launcher options that come with the hydra-submitit-launcher plugin (ours in conf/hydra/launcher/ extend them)
+SUBMITIT_LAUNCHERS = {"submitit_local", "submitit_slurm", "slurm"}
+
+
+def _check_launcher(overrides: list[str]) -> None:
+    import importlib.util
+
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") == "hydra/launcher" and value in SUBMITIT_LAUNCHERS and \
+                importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+            raise UserError(f"{o} needs Hydra's submitit launcher plugin: pip install 'dlcli[submitit]' "
+                            "(that is hydra-submitit-launcher)")
+
+
+def hydra_path(path: Path) -> str:
+    """A path as an override value: quoted, so that '=', ',' and spaces (a sweep job's dir has them) stay one string."""
+    if "'" in str(path):
+        raise UserError(f"the run directory {path} has a quote in it; choose another one with hydra.run.dir=PATH")
+    return f"'{path}'"
+
+
+def _unquote(value: str) -> str:
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
 
 
 def _remove_if_empty(path: Path) -> None:
@@ -141,7 +190,7 @@ def fresh_dir(parent: Path, suffix: str) -> Path:
 def _user_dir(overrides: list[str], key: str) -> Path | None:
     for o in overrides:
         if o.startswith(key + "="):
-            path = Path(o.split("=", 1)[1])
+            path = Path(_unquote(o.split("=", 1)[1]))
             if (path / "run.json").exists() or (path / "summary.csv").exists():
                 raise UserError(f"{key}={path} already holds a run; pick a new directory (nothing was changed)")
             try:
@@ -186,7 +235,9 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
         configs = []
         bases: dict[tuple, DictConfig] = {}
         for job in jobs:
-            group_part = tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") in groups)
+            # hydra/launcher=..., hydra/sweeper=...: Hydra's own groups, composed (and checked) like ours
+            group_part = tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") in groups
+                               or o.lstrip("+~").startswith("hydra/"))
             try:
                 if group_part not in bases:
                     bases[group_part] = compose("config", overrides=list(group_part))
@@ -202,9 +253,9 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
 
 
 def _values(override: Any) -> list[str]:
-    if override.is_sweep_override():
-        return [str(v) for v in override.sweep_string_iterator()]
-    return [override.get_value_element_as_str()]
+    from dlcli.sweeps import sweep_values
+
+    return sweep_values(override)  # choice/range values, an interval's ends
 
 
 def _first_line(e: Exception) -> str:

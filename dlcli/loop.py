@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlcli import distributed
 from dlcli.data.task import Task, add_stats
 from dlcli.errors import UserError
 from dlcli.grad_norms import GradNorms
@@ -72,8 +73,9 @@ class StopRequest:
         if self.signum is not None or not self.armed:
             raise Interrupted(signum)
         self.signum = signum
-        sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing this step and saving checkpoints/last.pt "
-                         "(press Ctrl-C again to stop at once)\n")
+        if distributed.is_main():  # every rank gets the signal; one says so
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing this step and saving checkpoints/last.pt "
+                             "(press Ctrl-C again to stop at once)\n")
 
 
 class Diverged(UserError):
@@ -115,12 +117,13 @@ def evaluate_split(model: nn.Module, task: Task, split: str, batch_size: int, ru
     was_training = model.training
     model.eval()
     total = None
+    step = distributed.eval_step(model, task)  # task.step; under DDP on this rank's slice of each batch
     for batch in task.batches(split, batch_size):
         with runtime.autocast():
-            _, stats = task.step(model, batch)
+            _, stats = step(batch)
         total = add_stats(total, stats)
-    metrics = task.summarize(total)
-    metrics.update(task.eval_metrics(model, split))
+    metrics = task.summarize(distributed.sum_stats(total))
+    metrics.update(distributed.on_main(lambda: task.eval_metrics(model, split)))
     model.train(was_training)
     return metrics
 
@@ -151,6 +154,7 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
     max_time = float(tcfg.max_time) if tcfg.max_time else None
     patience = tcfg.early_stopping_patience
     signal_at = _test_signals()
+    step = distributed.train_step(model, task)  # task.step; under DDP this rank's slice through DDP
     # trainer.log_grad_norms: per-layer gradient norms on the steps whose loss is logged (none in between)
     norm_every = int(tcfg.log_every_n_steps) if tcfg.get("log_grad_norms", False) else 0
     grad_norms = GradNorms(model) if norm_every else None
@@ -173,7 +177,7 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
         with reporter.epoch_progress(epoch, epochs, n_batches) as advance:
             for i, batch in enumerate(itertools.islice(batches, skip, None), start=skip):
                 with runtime.autocast():
-                    loss, stats = task.step(model, batch)
+                    loss, stats = step(batch)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -201,7 +205,7 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
                 state.step += 1
                 advance()
                 if state.step % int(tcfg.log_every_n_steps) == 0:  # the only per-step host sync
-                    value = loss.item()
+                    value = distributed.mean(loss.detach()).item()
                     logger.log(state.step, epoch, "step", {"loss": value, "lr": current_lr(optimizer)})
                     if norms is not None:
                         logger.log(state.step, epoch, "grad_norm", grad_norms.read(norms))
@@ -209,20 +213,24 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
                         _diverged(losses[:i + 1], state.step, epoch, n_batches, optimizer, tcfg, runtime)
                 for signum in signal_at.get(state.step, ()):
                     os.kill(os.getpid(), signum)
-                if stop.signum is not None:
-                    if not bool(torch.isfinite(losses[:i + 1]).all()):  # never save diverged weights
+                # one answer on every rank (a no-op on one process): each rank stops at the same step
+                signum, out_of_time = distributed.agree(stop.signum, bool(max_time)
+                                                        and time.perf_counter() - start > max_time)
+                if signum is not None:
+                    if not distributed.all_true(bool(torch.isfinite(losses[:i + 1]).all())):  # never save diverged
                         _diverged(losses[:i + 1], state.step, epoch, n_batches, optimizer, tcfg, runtime)
-                    state.batch, state.partial = i + 1, {k: v.detach().cpu() for k, v in total.items()}
+                    state.batch = i + 1
+                    state.partial = {k: v.detach().cpu() for k, v in distributed.sum_stats(total).items()}
                     state.elapsed = time.perf_counter() - start
                     save("last", state)
-                    raise Interrupted(stop.signum)
-                if max_time and time.perf_counter() - start > max_time:
+                    raise Interrupted(signum)
+                if out_of_time:
                     stop_reason = "max_time"
                     break
         state.epoch = epoch
-        if losses is not None and not bool(torch.isfinite(losses[:done]).all()):
+        if losses is not None and not distributed.all_true(bool(torch.isfinite(losses[:done]).all())):
             _diverged(losses[:done], state.step, epoch, n_batches, optimizer, tcfg, runtime)
-        train = task.summarize(total)
+        train = task.summarize(distributed.sum_stats(total))
         if not math.isfinite(train["loss"]):
             raise Diverged(f"the training loss became {train['loss']} in epoch {epoch} (step {state.step}); "
                            + _knobs(optimizer, tcfg, runtime))
@@ -249,12 +257,14 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
         state.elapsed = time.perf_counter() - start
         if note:
             save("best", state)
-        saved_last = epoch % int(tcfg.checkpoint_every) == 0 or last or stop_reason or stop.signum is not None
+        signum = distributed.agree(stop.signum)[0]
+        saved_last = epoch % int(tcfg.checkpoint_every) == 0 or last or stop_reason or signum is not None
         if saved_last:
             save("last", state)
         reporter.epoch_line(epoch, epochs, parts, time.perf_counter() - t0, note)
-        if stop.signum is not None:  # the signal came during the epoch's evaluation or saving
-            raise Interrupted(stop.signum)
+        signum = distributed.agree(stop.signum)[0]
+        if signum is not None:  # the signal came during the epoch's evaluation or saving
+            raise Interrupted(signum)
         if stop_reason:
             reporter.say({"max_time": f"stopping: trainer.max_time={tcfg.max_time}s reached",
                           "early_stopping": f"stopping early: {tcfg.monitor} has not improved for "

@@ -81,6 +81,24 @@ class MetricsLogger:
             self._tb.close()
 
 
+class SilentLogger(MetricsLogger):
+    """What ranks other than 0 log to under DDP: nothing (rank 0 logs the metrics, already reduced over ranks)."""
+
+    def __init__(self) -> None:  # no files
+        self.run_dir = None
+        self.rows = []
+        self._jsonl = self._tb = None
+
+    def log(self, step: int, epoch: int, split: str, values: dict[str, float]) -> None:
+        pass
+
+    def write_csv(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _plain(v: Any) -> Any:
     v = float(v) if hasattr(v, "item") else v
     return None if isinstance(v, float) and not math.isfinite(v) else v  # keep the JSON valid

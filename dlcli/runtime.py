@@ -68,7 +68,9 @@ def seed_everything(seed: int) -> None:
 
 
 def setup(cfg: Any) -> Runtime:
-    device = resolve_device(cfg.device)
+    from dlcli.distributed import local_device
+
+    device = local_device(resolve_device(cfg.device))  # under DDP each process has its own GPU
     precision = resolve_precision(cfg.trainer.precision, device)
     seed_everything(int(cfg.trainer.seed))
     if cfg.trainer.get("deterministic", False):

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dlcli import __version__
+from dlcli import __version__, distributed
 from dlcli.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from dlcli.data import build_task, check_dataset_config
-from dlcli.errors import UserError, exit_with
-from dlcli.loop import Interrupted, LoopState, StopRequest, evaluate_split, fit, resolve_batch_size
-from dlcli.metrics import MetricsLogger, Reporter, make_console
+from dlcli.errors import UserError, exit_with, report
+from dlcli.loop import Diverged, Interrupted, LoopState, StopRequest, evaluate_split, fit, resolve_batch_size
+from dlcli.metrics import MetricsLogger, Reporter, SilentLogger, make_console
 from dlcli.models import build_model, check_fit, count_params, summary_table
 from dlcli.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler
 from dlcli.runtime import resolve_device, rng_state, set_rng_state, setup
@@ -50,7 +50,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.logger.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("logger=tensorboard needs the tensorboard package: pip install 'dlcli[tensorboard]' "
                         "(or use logger=default)")
-    resolve_device(cfg.device)
+    distributed.check_devices(t.get("devices", 1), resolve_device(cfg.device))
 
 
 def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | None = None) -> dict[str, Any]:
@@ -69,6 +69,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     train_model = torch.compile(model) if t.compile else model
     optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
     batch_size = resolve_batch_size(t.batch_size, task.size("train"))
+    distributed.check_batch_size(batch_size)  # the global batch: each of N processes needs a row
     total_steps = task.num_batches("train", batch_size) * int(t.epochs)
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, total_steps, t.mode)
     _check_monitor(cfg, task, model)
@@ -77,9 +78,11 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     ckpt_dir = run_dir / "checkpoints"
 
     def save(which: str, state: LoopState) -> None:
-        atomic_save(make_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, rng=rng_state(),
-                                    epoch=state.epoch, step=state.step, best=state.as_dict(),
-                                    config_yaml=config_yaml, meta=task.meta), ckpt_dir / f"{which}.pt")
+        if distributed.is_main():  # the plain module's state_dict, whatever the number of processes
+            atomic_save(make_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, rng=rng_state(),
+                                        epoch=state.epoch, step=state.step, best=state.as_dict(),
+                                        config_yaml=config_yaml, meta=task.meta), ckpt_dir / f"{which}.pt")
+        distributed.barrier()  # no rank leaves (an interrupt) while rank 0 is still writing
 
     state = LoopState()
     if t.resume:
@@ -92,17 +95,23 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
         set_rng_state(ckpt["rng"])  # last: building the model above drew from the RNG
         where = f", {state.batch} batches into epoch {state.epoch + 1}" if state.batch else ""
         reporter.say(f"resuming from {t.resume} (epoch {state.epoch}, step {state.step}{where})")
+        if not distributed.is_main():  # the epoch's stats so far (summed over ranks) are carried by rank 0
+            state.partial = None
+    distributed.seed_rank(int(t.seed), state.step)
     logger = MetricsLogger(run_dir, tensorboard=bool(cfg.logger.tensorboard),
-                           resume_step=state.step if t.resume else None)
+                           resume_step=state.step if t.resume else None) if distributed.is_main() else SilentLogger()
     started = time.perf_counter()
     try:
         stopped_by = fit(train_model, task, optimizer, scheduler, interval, runtime, t, logger, reporter, save, state,
                          stop)
         # Test with the best weights (what best.pt holds, so `dl eval best.pt` reproduces it).
         best_path = ckpt_dir / "best.pt"
-        if best_path.exists():
+        if distributed.is_main() and best_path.exists():
             model.load_state_dict(torch.load(best_path, map_location=runtime.device, weights_only=True)["model"])
+        distributed.broadcast_module(model)  # every rank tests rank 0's weights
         test = evaluate_split(model, task, "test", int(t.eval_batch_size), runtime)
+        if not distributed.is_main():  # the rest writes the run's files: rank 0's job
+            return {"device": str(runtime.device), "wall_time_s": 0.0, "best": {"value": state.best_value}}
         test.update(task.final_metrics(model))
         logger.log(state.step, state.epoch, "test", test)
         breakdown = task.breakdown(model)
@@ -204,12 +213,15 @@ def run_job(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    distributed.init(resolve_device(cfg.device))  # a submitit job with several tasks (torchrun's: joined already)
+    if cfg.trainer.get("devices", 1) > 1 and not distributed.active():
+        return _launch(cfg, run_dir)
     try:
-        record = RunRecord(run_dir, cfg)
+        record = RunRecord(run_dir, cfg) if distributed.is_main() else _NoRecord()
     except UserError as e:  # another run's directory: touch nothing
         exit_with(e)
     console = make_console()
-    reporter = Reporter(console, enabled=bool(cfg.logger.console))
+    reporter = Reporter(console, enabled=bool(cfg.logger.console) and distributed.is_main())
     # SIGINT/SIGTERM: the loop finishes its step and saves last.pt; a second signal stops at once.
     stop = StopRequest()
     previous = {}
@@ -222,10 +234,14 @@ def run_job(cfg: DictConfig) -> float | None:
         summary = run(cfg, run_dir, reporter, stop)
     except UserError as e:
         record.finish("failed", error=str(e))
+        if not distributed.is_main():  # rank 0 says it and cleans up
+            _leave(e)
         if not (run_dir / "metrics.jsonl").exists() and not cfg.trainer.resume:  # failed before training: no run
             shutil.rmtree(run_dir, ignore_errors=True)
         exit_with(e)
     except (KeyboardInterrupt, Interrupted) as e:
+        if not distributed.is_main():  # every rank stops at the same step; rank 0 tells
+            _leave(e)
         record.finish("interrupted")
         code = e.exit_code if isinstance(e, Interrupted) else 130
         last = run_dir / "checkpoints" / "last.pt"
@@ -243,6 +259,34 @@ def run_job(cfg: DictConfig) -> float | None:
             signal.signal(signum, handler)
     record.finish("completed", device=summary["device"], wall_time_s=summary["wall_time_s"])
     value = summary["best"]["value"]
+    return float(value) if value is not None else None
+
+
+def _leave(e: BaseException) -> None:
+    """A rank other than 0 under DDP ends. What every rank hit (an agreed interrupt, a diverged loss) rank 0
+    reports: this one exits 0, so torchrun does not tear rank 0 down before it has recorded the run. An error of
+    this rank alone is said here and fails the group."""
+    if isinstance(e, (Interrupted, KeyboardInterrupt, Diverged)):
+        sys.exit(0)
+    report(UserError(f"rank {distributed.rank()}: {e}"))
+    sys.exit(getattr(e, "exit_code", 1))
+
+
+class _NoRecord:
+    """Ranks other than 0 under DDP: rank 0 keeps run.json."""
+
+    def finish(self, status: str, **extra: Any) -> None:
+        pass
+
+
+def _launch(cfg: DictConfig, run_dir: Path) -> float | None:
+    """trainer.devices=N: run this job on N processes (torch.distributed.run), in this run dir; their rank 0
+    writes everything. Returns the best monitored value (for sweepers), or exits with the processes' exit code."""
+    argv = distributed.job_argv(_task_overrides(), cfg.trainer.resume, run_dir)
+    code = distributed.launch(argv, int(cfg.trainer.devices))
+    if code:
+        sys.exit(code)
+    value = json.loads((run_dir / "summary.json").read_text())["best"]["value"]
     return float(value) if value is not None else None
 
 

@@ -109,6 +109,7 @@ class EmbeddingTask(Task):
     """
 
     kind = "embedding"
+    gradient_of_sum = True  # step()'s gradient is the summed loss's: under DDP ranks' gradients add (distributed.py)
 
     def __init__(self, splits: dict[str, tuple[Tensor, ...]], meta: dict, cfg: Any, questions: list | None = None,
                  similarity: list | None = None):
