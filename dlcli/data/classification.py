@@ -36,8 +36,8 @@ class ClassifyTask(Task):
         x, y = batch
         logits = model(x).float()
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        with torch.no_grad():
-            n = torch.tensor(float(len(y)), device=y.device)
+        with torch.no_grad():  # torch.full: torch.tensor(x, device=cuda) would be a blocking copy every step
+            n = torch.full((), float(len(y)), device=y.device)
             stats = {"loss": loss.detach() * n, "correct": (logits.argmax(-1) == y).sum().float(), "n": n}
             if logits.shape[-1] > 5:
                 stats["top5"] = (logits.topk(5, dim=-1).indices == y[:, None]).any(-1).sum().float()
@@ -82,7 +82,7 @@ class RegressTask(Task):
         loss = self.loss_fn(pred, (y - self.mean) / self.std)
         with torch.no_grad():
             err = pred * self.std + self.mean - y
-            n = torch.tensor(float(len(y)), device=y.device)
+            n = torch.full((), float(len(y)), device=y.device)
             stats = {"loss": loss.detach() * n, "n": n, "sse": (err ** 2).sum(), "sae": err.abs().sum(),
                      "y_sum": y.sum(0), "y_sq": (y ** 2).sum(0)}
         return loss, stats

@@ -42,7 +42,7 @@ class TagTask(Task):
             n = scored.sum().float()
             stats = {"loss": loss.detach() * n, "correct": right.sum().float(), "n": n,
                      "seq_correct": (right | ~scored).all(1).sum().float(),
-                     "seqs": torch.tensor(float(len(y)), device=y.device)}
+                     "seqs": torch.full((), float(len(y)), device=y.device)}
         return loss, stats
 
     def summarize(self, stats: dict[str, Tensor]) -> dict[str, float]:
