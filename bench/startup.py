@@ -1,28 +1,44 @@
-"""Start-up time of the CLI: `dl --help` (goal <= 0.3 s: no torch import) and `dl train --help` (composes the config).
+"""Start-up: wall time of `dl --help` (goal <= 0.3 s: it imports no torch) and `dl train --help` (composes the
+config), and the peak RSS and wall time of the default `dl train` (MLP on spirals, plots included).
 
-Usage: python bench/startup.py [--repeat N] [--json PATH]
+    python -m bench startup            (in the suite)
+    python -m bench.startup [--repeat N] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shutil
 import statistics
-import subprocess
-import sys
-import time
+import tempfile
+from pathlib import Path
+
+from bench.common import Context, Result, machine, run_cli
+
+HELP_GOAL_S = 0.3
 
 
-def wall_times(cmd: list[str], repeat: int) -> list[float]:
-    subprocess.run(cmd, capture_output=True, check=True)  # warm the file cache once
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=True)
-        times.append(time.perf_counter() - t)
-    return times
+def help_times(args: list[str], repeat: int) -> list[float]:
+    run_cli(args)  # warm the file cache once
+    return [run_cli(args).seconds for _ in range(repeat)]
+
+
+def run(ctx: Context, names: list[str] | None = None) -> list[Result]:
+    repeat = 5 if ctx.quick else 10
+    results = []
+    for args, goal in ((["--help"], HELP_GOAL_S), (["train", "--help"], None)):
+        times = help_times(args, repeat)
+        med = statistics.median(times)
+        results.append(Result(case=f"startup/dl {' '.join(args)}", metric="s wall", dl=med,
+                              goal=f"<= {goal} s" if goal else "", met=med <= goal if goal else None,
+                              details={"times_s": times, "min_s": min(times)}))
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run_cli(["train"], cwd=Path(tmp), env={"CUDA_VISIBLE_DEVICES": ""} if ctx.device.type == "cpu" else None)
+    if r.returncode != 0:
+        raise RuntimeError(f"dl train failed ({r.returncode}):\n{r.stdout[-3000:]}")
+    results.append(Result(case="startup/dl train (default run)", metric="MB peak RSS", dl=r.peak_rss_mb,
+                          details={"wall_s": r.seconds, "cpu_s": r.cpu_seconds}))
+    return results
 
 
 def main() -> None:
@@ -30,22 +46,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    dl = shutil.which("dl")
-    base = [dl] if dl else [sys.executable, "-m", "dlcli"]
     results = {}
-    for name, extra in (("dl --help", ["--help"]), ("dl train --help", ["train", "--help"])):
-        times = wall_times(base + extra, args.repeat)
-        results[name] = {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-                         "repeat": args.repeat}
-    print(f"{'command':<18} {'median':>8} {'min':>8}   ({platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()})")
+    for extra in (["--help"], ["train", "--help"]):
+        times = help_times(extra, args.repeat)
+        results["dl " + " ".join(extra)] = {"median_s": round(statistics.median(times), 4),
+                                            "min_s": round(min(times), 4), "repeat": args.repeat}
     for name, r in results.items():
-        print(f"{name:<18} {r['median_s']:>7.3f}s {r['min_s']:>7.3f}s")
-    goal = results["dl --help"]["median_s"] <= 0.3
-    print(f"goal dl --help <= 0.3 s: {'met' if goal else 'NOT met'}")
+        print(f"{name:<18} median {r['median_s']:.3f}s  min {r['min_s']:.3f}s")
+    met = results["dl --help"]["median_s"] <= HELP_GOAL_S
+    print(f"goal dl --help <= {HELP_GOAL_S} s: {'met' if met else 'NOT met'}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "results": results}, f, indent=2)
+        Path(args.json).write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,37 +6,36 @@ words × epochs / training seconds (corpus reading and evaluation excluded, for 
 (questions-words.txt) and Spearman rho (wordsim353), both from gensim's test data, measured on both sets of vectors
 with the same code (dlcli.embeddings; 3CosAdd over the 300k most frequent words, as gensim does).
 
-    python bench/word2vec.py                              # gutenberg, skipgram, 1 epoch, twice each
-    python bench/word2vec.py --model cbow --epochs 5
-    python bench/word2vec.py --corpus text8               # needs $DL_DATA_DIR/text8/text8 (or downloads it)
+    python -m bench.word2vec                              # all of gutenberg, skipgram, 1 epoch, twice each
+    python -m bench.word2vec --model cbow --epochs 5
+    python -m bench.word2vec --corpus text8               # needs $DL_DATA_DIR/text8/text8 (or downloads it)
+    python -m bench word2vec [--quick]                    # in the suite: the first 3M (quick: 1M) words of gutenberg
 Needs the bench extra: pip install -e ".[bench]" (gensim).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from bench import common
+from bench.common import Context, Result
 
 
 def compose(model: str, corpus: str, epochs: int, extra: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
     data = f"dataset={corpus}" if corpus in ("gutenberg", "text8", "relations") else "dataset=corpus"
     overrides = [f"model={model}", data, f"trainer.epochs={epochs}", "device=cpu", *extra]
     if data == "dataset=corpus":
         overrides.append(f"dataset.path={corpus}")
-    with initialize_config_module("dlcli.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+    return common.compose(overrides)
 
 
 def sentences_of(task) -> list[list[str]]:
@@ -101,6 +100,94 @@ def run_gensim(cfg, sentences: list[list[str]], vocab: list[str], workers: int, 
     return seconds, vectors
 
 
+def compare(corpus: str, model: str, epochs: int, workers: int, repeat: int, only: str | None = None,
+            overrides: list[str] | None = None) -> tuple[list[dict], dict]:
+    """gensim and dlcli, alternating, `repeat` times each on the same tokens; prints a line per run.
+    Returns (rows, corpus facts)."""
+    import gensim
+
+    from dlcli.data import build_task
+    from dlcli.embeddings import read_analogies, read_similarity
+
+    test_data = Path(gensim.__file__).parent / "test" / "test_data"
+    questions = read_analogies(test_data / "questions-words.txt")
+    pairs = read_similarity(test_data / "wordsim353.tsv")
+    cfg = compose(model, corpus, epochs, overrides or [])
+    t = time.perf_counter()
+    task = build_task(cfg.dataset, cfg.loss, torch.device("cpu"))
+    facts = {"corpus": corpus, "train_words": task.meta["train_words"], "vocab": task.meta["vocab_size"],
+             "model": model, "epochs": epochs, "vector_size": int(cfg.model.vector_size),
+             "window": int(cfg.model.window), "negative": int(cfg.model.negative), "sample": float(cfg.model.sample),
+             "min_count": int(cfg.model.min_count)}
+    print(f"corpus {corpus}: {task.meta['train_words']:,} training words, vocabulary "
+          f"{task.meta['vocab_size']:,} (read in {time.perf_counter() - t:.1f}s); {model}, "
+          f"{epochs} epoch(s), vector_size {cfg.model.vector_size}, window {cfg.model.window}, negative "
+          f"{cfg.model.negative}, sample {cfg.model.sample}, min_count {cfg.model.min_count}")
+    sentences = sentences_of(task)
+    vocab = task.meta["vocab"]
+    words = task.meta["train_words"] * epochs
+    rows = []
+    for r in range(repeat):
+        for tool in ("gensim", "dlcli") if r % 2 == 0 else ("dlcli", "gensim"):
+            if only and tool != only:
+                continue
+            if tool == "dlcli":
+                seconds, vectors = run_dlcli(cfg, task)
+                threads = torch.get_num_threads()
+            else:
+                seconds, vectors = run_gensim(cfg, sentences, vocab, workers, seed=r)
+                threads = workers
+            row = {"tool": tool, "repeat": r + 1, "threads": threads, "seconds": round(seconds, 2),
+                   "words_per_s": round(words / seconds), **quality(vectors, vocab, questions, pairs)}
+            rows.append(row)
+            print(f"{tool:7s} #{r + 1}  {threads} thread(s)  {seconds:7.1f}s  {row['words_per_s']:>9,} words/s  "
+                  f"analogy {row['analogy']:.4f} ({row['analogy_answered']} answered, {row['analogy_oov']} OOV)  "
+                  f"spearman {row['spearman']:.4f} ({row['similarity_pairs']} pairs, {row['similarity_oov']} OOV)",
+                  flush=True)
+    return rows, facts
+
+
+def corpus_slice(words: int, path: Path) -> Path:
+    """The first `words` whitespace-separated words of gutenberg (whole lines), written to `path`."""
+    src = common.data_dir() / "gutenberg" / "corpus.txt"
+    n = 0
+    with open(src, encoding="utf-8") as f, open(path, "w", encoding="utf-8") as out:
+        for line in f:
+            out.write(line)
+            n += len(line.split())
+            if n >= words:
+                break
+    return path
+
+
+def run(ctx: Context, names: list[str] | None = None) -> list[Result]:
+    if importlib.util.find_spec("gensim") is None:
+        return [Result(case="word2vec", metric="words/s", dl=None,
+                       details={"skipped": "gensim is not installed: pip install -e '.[bench]'"})]
+    if not (common.data_dir() / "gutenberg" / "corpus.txt").is_file():
+        return [Result(case="word2vec", metric="words/s", dl=None,
+                       details={"skipped": f"no gutenberg corpus under {common.data_dir()}"})]
+    words = 1_000_000 if ctx.quick else 3_000_000
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = str(corpus_slice(words, Path(tmp) / "gutenberg_slice.txt"))
+        for model in names or ["skipgram"]:
+            rows, facts = compare(corpus, model, 1, os.cpu_count() or 2, 1 if ctx.quick else 2)
+            by = {t: [x for x in rows if x["tool"] == t] for t in ("dlcli", "gensim")}
+            dl = statistics.median(x["words_per_s"] for x in by["dlcli"])
+            gs = statistics.median(x["words_per_s"] for x in by["gensim"])
+            mean = {t: {k: statistics.mean(x[k] for x in v) for k in ("analogy", "spearman")} for t, v in by.items()}
+            facts["corpus"] = f"gutenberg, first {words / 1e6:g}M words"
+            results.append(Result(
+                case=f"word2vec/{model}", metric="words/s", dl=dl, baseline=gs,
+                baseline_name=f"gensim {by['gensim'][0]['threads']} threads (dl {by['dlcli'][0]['threads']})",
+                ratio=dl / gs, ratio_name="dl / gensim words/s", goal="report (parity is the aim)",
+                details={**facts, "rows": rows,
+                         "analogy_dl_minus_gensim": mean["dlcli"]["analogy"] - mean["gensim"]["analogy"],
+                         "spearman_dl_minus_gensim": mean["dlcli"]["spearman"] - mean["gensim"]["spearman"]}))
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default="gutenberg", help="gutenberg, text8 or a text file")
@@ -112,43 +199,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("overrides", nargs="*", help="more dl train overrides, e.g. model.vector_size=200")
     args = ap.parse_args()
-    os.environ.setdefault("DL_DATA_DIR", str(REPO.parent / "shared" / "data"))
-    import gensim
-
-    from dlcli.data import build_task
-    from dlcli.embeddings import read_analogies, read_similarity
-
-    test_data = Path(gensim.__file__).parent / "test" / "test_data"
-    questions = read_analogies(test_data / "questions-words.txt")
-    pairs = read_similarity(test_data / "wordsim353.tsv")
-    cfg = compose(args.model, args.corpus, args.epochs, args.overrides)
-    t = time.perf_counter()
-    task = build_task(cfg.dataset, cfg.loss, torch.device("cpu"))
-    print(f"corpus {args.corpus}: {task.meta['train_words']:,} training words, vocabulary "
-          f"{task.meta['vocab_size']:,} (read in {time.perf_counter() - t:.1f}s); {args.model}, "
-          f"{args.epochs} epoch(s), vector_size {cfg.model.vector_size}, window {cfg.model.window}, negative "
-          f"{cfg.model.negative}, sample {cfg.model.sample}, min_count {cfg.model.min_count}")
-    sentences = sentences_of(task)
-    vocab = task.meta["vocab"]
-    words = task.meta["train_words"] * args.epochs
-    rows = []
-    for r in range(args.repeat):
-        for tool in ("gensim", "dlcli"):
-            if args.only and tool != args.only:
-                continue
-            if tool == "dlcli":
-                seconds, vectors = run_dlcli(cfg, task)
-                threads = torch.get_num_threads()
-            else:
-                seconds, vectors = run_gensim(cfg, sentences, vocab, args.workers, seed=r)
-                threads = args.workers
-            row = {"tool": tool, "repeat": r + 1, "threads": threads, "seconds": round(seconds, 2),
-                   "words_per_s": round(words / seconds), **quality(vectors, vocab, questions, pairs)}
-            rows.append(row)
-            print(f"{tool:7s} #{r + 1}  {threads} thread(s)  {seconds:7.1f}s  {row['words_per_s']:>9,} words/s  "
-                  f"analogy {row['analogy']:.4f} ({row['analogy_answered']} answered, {row['analogy_oov']} OOV)  "
-                  f"spearman {row['spearman']:.4f} ({row['similarity_pairs']} pairs, {row['similarity_oov']} OOV)",
-                  flush=True)
+    rows, _ = compare(args.corpus, args.model, args.epochs, args.workers, args.repeat, args.only, args.overrides)
     by = {tool: [x for x in rows if x["tool"] == tool] for tool in ("dlcli", "gensim")}
     if by["dlcli"] and by["gensim"]:
         mean = {t: {k: sum(x[k] for x in v) / len(v) for k in ("words_per_s", "analogy", "spearman")}
@@ -157,8 +208,8 @@ def main() -> None:
               f"analogy {mean['dlcli']['analogy'] - mean['gensim']['analogy']:+.4f};  "
               f"spearman {mean['dlcli']['spearman'] - mean['gensim']['spearman']:+.4f}  (means over repeats)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                               "cpus": os.cpu_count(), "args": vars(args), "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": common.machine(), "args": vars(args), "rows": rows},
+                                              indent=2))
 
 
 if __name__ == "__main__":

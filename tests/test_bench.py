@@ -1,0 +1,38 @@
+"""Smoke test of the benchmark suite (`python -m bench`): one tiny case end to end, in-process. Speed itself is
+measured by the suite, never asserted here."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))  # bench/ lives beside the package, not inside it
+
+from bench.__main__ import main, parse_names  # noqa: E402
+
+
+def test_names_select_cases_and_parts():
+    assert parse_names(["loop/mlp", "loop/cnn", "data"]) == {"loop": ["mlp", "cnn"], "data": None}
+    assert parse_names(["loop", "loop/mlp"]) == {"loop": None}  # the whole case wins over one of its parts
+    assert list(parse_names([])) == ["startup", "loop", "data", "recurrent", "transformer", "mnist", "word2vec"]
+    with pytest.raises(SystemExit, match="unknown case 'loops'"):
+        parse_names(["loops"])
+
+
+def test_loop_overhead_case_runs_both_loops_on_the_same_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("bench.loop.CASES", {"mlp": (["model=mlp", "dataset.n_samples=600"], (2, None), (2, None))})
+    out = tmp_path / "r.json"
+    assert main(["loop/mlp", "--quick", "--repeat", "1", "--device", "cpu", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["device"] == "cpu" and data["quick"] and data["machine"]["cpus"] >= 1
+    (r,) = data["results"]
+    assert r["case"] == "loop/mlp" and r["metric"] == "steps/s" and r["dl"] > 0 and r["baseline"] > 0
+    assert r["ratio"] == pytest.approx(r["baseline"] / r["dl"])  # one repetition: the paired ratio is that one
+    # Same seed, data order, optimizer and schedule: the hand-written loop computes exactly what dl's loop does.
+    assert r["details"]["train_loss_dl"] == r["details"]["train_loss_bare"]
+    assert r["details"]["steps_per_rep"] == 2 * 7  # 420 training points / batch 64 = 7 steps, 2 epochs
+    assert "loop/mlp" in capsys.readouterr().out
