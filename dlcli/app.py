@@ -103,6 +103,9 @@ def train_cli(args: list[str]) -> None:
         from dlcli.runs import summarize_sweep
 
         summarize_sweep(sweep_dir)
+        from dlcli.experiments import report_sweep
+
+        report_sweep(sweep_dir)  # +experiment=...: the lesson's table + picture; Optuna: its best trial
     else:
         run_dir = _one_run_dir(overrides, resume_dir, configs[0])
         try:
@@ -207,7 +210,6 @@ def _user_dir(overrides: list[str], key: str) -> Path | None:
 def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
     """Compose the config of every job the overrides describe; raise UserError naming the first bad override."""
     from hydra import compose, initialize_config_module
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, OverrideParseException
@@ -221,6 +223,10 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
             parsed = parser.parse_overrides([o for o in overrides if not o.startswith("hydra.")])
         except OverrideParseException as e:
             raise UserError(f"cannot read override: {str(e).splitlines()[0]}") from None
+        from dlcli import sweeps
+
+        # an experiment's or hparams_search's hydra.sweeper.params are part of every job, like the command line
+        parsed, sweeper = sweeps.with_sweeper_params(overrides, parsed, parser, multirun, groups)
         for o in parsed:
             if o.is_sweep_override() and not multirun:
                 raise UserError(f"{o.input_line} lists several values: add -m (multirun) to sweep over them")
@@ -230,8 +236,7 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
                 for value in _values(o):
                     if value not in options:
                         raise UserError(f"{group}={value}: no such {group}{choices(value, options)}")
-        jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [
-            [o.input_line for o in parsed]]
+        jobs = sweeps.job_lists(parsed, sweeper) if multirun else [[o.input_line for o in parsed]]
         configs = []
         bases: dict[tuple, DictConfig] = {}
         for job in jobs:
@@ -245,10 +250,12 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
                 _check_keys(base, [o for o in job if o not in group_part])
                 cfg = compose("config", overrides=job)
             except HydraException as e:
-                raise UserError(_first_line(e)) from None
+                raise UserError(sweeps.plugin_hint(str(e)) or _first_line(e)) from None
             _check_types(base, cfg, [o for o in job if o not in group_part])
             configs.append(cfg)
     GlobalHydra.instance().clear()
+    if multirun:
+        sweeps.check_sweep(configs, sweeper)  # Optuna's direction vs trainer.mode; a monitor the task never logs
     return configs
 
 

@@ -238,6 +238,11 @@ def run_job(cfg: DictConfig) -> float | None:
             _leave(e)
         if not (run_dir / "metrics.jsonl").exists() and not cfg.trainer.resume:  # failed before training: no run
             shutil.rmtree(run_dir, ignore_errors=True)
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN and (run_dir / "metrics.jsonl").exists():
+            report(e)  # failed while training (diverged...): a result of the sweep, whose other jobs go on;
+            return float("nan")  # run.json says failed; Optuna counts the trial as failed
         exit_with(e)
     except (KeyboardInterrupt, Interrupted) as e:
         if not distributed.is_main():  # every rank stops at the same step; rank 0 tells
