@@ -1,4 +1,7 @@
-"""Convolutional net: conv blocks (conv -> [batch norm] -> activation -> [pool]), flatten, then an MLP head."""
+"""Convolutional net: conv blocks (conv -> [batch norm] -> activation -> [pool]), flatten, then an MLP head.
+
+With max pooling and a non-decreasing activation a block runs conv -> [batch norm] -> pool -> activation: the same
+function, cheaper (see CNN.__init__)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from dlcli.models.common import activation, int_list
 from dlcli.models.mlp import MLP
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}
+MONOTONIC = ("relu", "leaky_relu", "tanh", "sigmoid")  # non-decreasing (gelu dips below zero: not one)
 
 
 def per_block(cfg: Any, key: str, i: int, n: int) -> Any:
@@ -45,9 +49,13 @@ class CNN(nn.Module):
             block = [nn.Conv2d(in_ch, out_ch, k, stride=stride, padding=pad, bias=not bn)]
             if bn:
                 block.append(nn.BatchNorm2d(out_ch))
-            block.append(activation(per_block(cfg, "activation", i, len(channels))))
-            if POOLS[pool] is not None:
-                block.append(POOLS[pool](int(per_block(cfg, "pool_size", i, len(channels)))))
+            act_name = per_block(cfg, "activation", i, len(channels))
+            act = [activation(act_name)]
+            pooling = [POOLS[pool](int(per_block(cfg, "pool_size", i, len(channels))))] if POOLS[pool] else []
+            # Max pooling commutes with a non-decreasing activation: pooling first is the same function (outputs
+            # and gradients), with the activation and its backward on 1/pool_size^2 of the values (~10% of a CPU
+            # step of the MNIST CNN). No parameters move: checkpoints load either way.
+            block += pooling + act if pool == "max" and act_name in MONOTONIC else act + pooling
             blocks.append(nn.Sequential(*block))
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
