@@ -10,6 +10,7 @@ end points of each interval together with every choice.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +25,20 @@ SWEEP_GROUPS = ("experiment", "hparams_search")
 MAX_CHECKED = 256  # cartesian products larger than this are checked one value at a time
 
 
+@dataclass
+class SweepPlan:
+    """What compose_jobs learns about a sweep beyond its jobs: the base config Hydra composes before it sweeps
+    (with its hydra node), the command line's overrides, and those merged with hydra.sweeper.params."""
+
+    base: DictConfig
+    command_line: list[Any]
+    merged: list[Any]
+
+    @property
+    def sweeper(self) -> Any:
+        return self.base.hydra.sweeper
+
+
 def plugin_hint(error: str) -> str | None:
     """'pip install ...' advice for a composition error caused by a Hydra plugin that is not installed."""
     for (group, name), (package, extra) in PLUGINS.items():
@@ -33,9 +48,9 @@ def plugin_hint(error: str) -> str | None:
     return None
 
 
-def sweeper_config(overrides: list[str], parsed: list[Any], groups: set[str]) -> DictConfig:
-    """hydra.sweeper as the command line's groups compose it (sweeps left out: they are the jobs, not the base;
-    plain keys too: the jobs' own composition names a bad one)."""
+def base_config(overrides: list[str], parsed: list[Any], groups: set[str]) -> DictConfig:
+    """The sweep's base config with Hydra's node (hydra.sweeper), as the command line's groups compose it (sweeps
+    left out: they are the jobs, not the base; plain keys too: the jobs' own composition names a bad one)."""
     from hydra import compose
     from hydra.errors import HydraException
 
@@ -43,21 +58,21 @@ def sweeper_config(overrides: list[str], parsed: list[Any], groups: set[str]) ->
         o.key_or_group in groups or o.key_or_group.startswith("hydra"))]
     fixed += [o for o in overrides if o.startswith("hydra.") and not o.startswith("hydra.sweeper.params")]
     try:
-        return compose("config", overrides=fixed, return_hydra_config=True).hydra.sweeper
+        return compose("config", overrides=fixed, return_hydra_config=True)
     except HydraException as e:
         raise UserError(plugin_hint(str(e)) or str(e).strip().splitlines()[0]) from None
 
 
 def with_sweeper_params(overrides: list[str], parsed: list[Any], parser: Any, multirun: bool,
-                        groups: set[str]) -> tuple[list, Any]:
+                        groups: set[str]) -> tuple[list, SweepPlan | None]:
     """The overrides every job is made of: hydra.sweeper.params first, then the command line (the same key: the
-    command line wins, as in Hydra's sweepers). Returns (parsed overrides, the sweeper's config or None)."""
+    command line wins, as in Hydra's sweepers). Returns (parsed overrides, the sweep's plan or None)."""
     if not multirun and not any(o.key_or_group in SWEEP_GROUPS for o in parsed):
         return parsed, None
-    sweeper = sweeper_config(overrides, parsed, groups)
-    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    base = base_config(overrides, parsed, groups)
+    params = [f"{k}={v}" for k, v in (base.hydra.sweeper.get("params") or {}).items()]
     if not params:
-        return parsed, sweeper
+        return parsed, SweepPlan(base, parsed, parsed)
     from hydra.errors import OverrideParseException
 
     try:
@@ -71,8 +86,9 @@ def with_sweeper_params(overrides: list[str], parsed: list[Any], parser: Any, mu
             chosen = " ".join(o.input_line for o in parsed if o.key_or_group in SWEEP_GROUPS)
             raise UserError(f"{chosen} compares several runs ({', '.join(missing)}): add -m, as in "
                             f"dl train -m {chosen}; or fix those keys on the command line for one run of it")
-        return parsed, sweeper
-    return [o for o in from_config if o.get_key_element() not in given] + parsed, sweeper
+        return parsed, SweepPlan(base, parsed, parsed)
+    merged = [o for o in from_config if o.get_key_element() not in given] + parsed
+    return merged, SweepPlan(base, parsed, merged)
 
 
 def sweep_values(override: Any) -> list[str]:
@@ -85,13 +101,13 @@ def sweep_values(override: Any) -> list[str]:
     return [override.get_value_element_as_str()]
 
 
-def job_lists(parsed: list[Any], sweeper: Any) -> list[list[str]]:
+def job_lists(parsed: list[Any], plan: SweepPlan | None) -> list[list[str]]:
     """The jobs to compose before Hydra runs: the basic sweeper's own list; for a sampling sweeper (Optuna), the
     combinations of every choice and each interval's ends (one value at a time past MAX_CHECKED of them)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.errors import HydraException
 
-    target = str((sweeper or {}).get("_target_", "")) if sweeper is not None else ""
+    target = str(plan.sweeper.get("_target_", "")) if plan is not None else ""
     if not target or target.endswith("BasicSweeper"):
         try:
             return BasicSweeper.split_arguments(parsed, None)[0]
@@ -113,20 +129,13 @@ def job_lists(parsed: list[Any], sweeper: Any) -> list[list[str]]:
     return [first[:i] + [value] + first[i + 1:] for i, v in enumerate(lists) for value in v]
 
 
-def check_sweep(configs: list[DictConfig], sweeper: Any) -> None:
-    """What no single config shows: Optuna's direction against trainer.mode, and a trainer.monitor that the task
-    never logs (found by one tiny batch per distinct dataset + model, as a run does before it trains)."""
-    if sweeper is not None and "direction" in sweeper:
-        direction = sweeper.direction
-        direction = [getattr(d, "name", d) for d in direction] if OmegaConf.is_list(direction) or isinstance(
-            direction, list) else [getattr(direction, "name", direction)]
-        for cfg in configs:
-            want = {"min": "minimize", "max": "maximize"}.get(str(cfg.trainer.mode))
-            if len(direction) == 1 and want and str(direction[0]) != want:
-                raise UserError(f"hydra.sweeper.direction={direction[0]} but trainer.mode={cfg.trainer.mode} "
-                                f"(trainer.monitor={cfg.trainer.monitor}): the sweeper would {direction[0]} what "
-                                f"dl keeps the {'lowest' if want == 'minimize' else 'highest'} of; set "
-                                f"hydra.sweeper.direction={want}, or trainer.mode to match")
+def check_sweep(configs: list[DictConfig], plan: SweepPlan | None) -> None:
+    """What no single job's config shows (every job composed fine): a fixed value the sweep's base config lacks,
+    Optuna's direction against trainer.mode, and a trainer.monitor that the task never logs (found by one tiny
+    batch per distinct dataset + model, as a run does before it trains)."""
+    if plan is not None:
+        _check_base(plan)
+        _check_direction(configs, plan.sweeper)
     checked: set[str] = set()
     for cfg in configs:
         monitor = str(cfg.trainer.monitor)
@@ -137,6 +146,46 @@ def check_sweep(configs: list[DictConfig], sweeper: Any) -> None:
             continue
         checked.add(key)
         _check_monitor(cfg)
+
+
+def _check_base(plan: SweepPlan) -> None:
+    """Hydra sets the command line's fixed values on the sweep's base config, with every swept group at its
+    default, before it sweeps: `-m model=cbow,skipgram model.vector_size=16` fails there (mlp, the default model,
+    has no vector_size) although every job has the key. Say so, and how to give it to each job instead."""
+    from dlcli.app import _has_key
+
+    base = plan.base
+    choices = base.hydra.runtime.choices
+    swept = [o for o in plan.merged if o.is_sweep_override() and o.key_or_group in choices]
+    if not swept:
+        return
+    for o in plan.command_line:
+        key = o.key_or_group
+        if o.is_sweep_override() or key in choices or key.startswith("hydra") or o.input_line.startswith(("+", "~")):
+            continue
+        if not _has_key(base, key):
+            group = key.split(".", 1)[0]
+            where = f" ({group}={choices[group]} there)" if choices.get(group) else ""
+            raise UserError(f"{o.input_line}: Hydra applies fixed values to the sweep's base config before it sweeps "
+                            f"{', '.join(s.input_line for s in swept)}, and that base has no key '{key}'{where}; "
+                            f"make it a one-value sweep so each job gets it: '{key}=choice({o.value()})'")
+
+
+def _check_direction(configs: list[DictConfig], sweeper: Any) -> None:
+    """Optuna optimises what the task function returns: the run's best trainer.monitor, best by trainer.mode."""
+    if "direction" not in sweeper:
+        return
+    direction = sweeper.direction
+    if OmegaConf.is_list(direction) or isinstance(direction, list):
+        return  # several objectives: dl returns one value, Optuna will say so
+    direction = str(getattr(direction, "name", direction))
+    for cfg in configs:
+        want = {"min": "minimize", "max": "maximize"}.get(str(cfg.trainer.mode))
+        if want and direction != want:
+            raise UserError(f"hydra.sweeper.direction={direction} but trainer.mode={cfg.trainer.mode} "
+                            f"(trainer.monitor={cfg.trainer.monitor}): the sweeper would {direction} what dl keeps "
+                            f"the {'lowest' if want == 'minimize' else 'highest'} of; set "
+                            f"hydra.sweeper.direction={want}, or trainer.mode to match")
 
 
 def _check_monitor(cfg: DictConfig) -> None:
