@@ -38,22 +38,25 @@ class PerSampleMNIST(Dataset):
         return (x - self.mean) / self.std, int(self.labels[i])  # Normalize
 
 
-def loaders(task: Any, n: int, device: torch.device, workers: int) -> tuple[Any, Any]:
-    """Two epoch iterators over the same n training images: dl's and a DataLoader's, both ending on `device`."""
+def loaders(task: Any, n: int, device: torch.device) -> tuple[Any, Any]:
+    """Epoch iterators over the same n training images, dl's and a DataLoader's (any number of worker processes),
+    both ending on `device`."""
     x, y = (t[:n] for t in task.splits["train"])
     mean, std = task.meta["pixel_mean"], task.meta["pixel_std"]
     raw = ((x.cpu() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)[:, 0]  # back to the IDX bytes
     task.splits["train"] = (x, y)
     dataset = PerSampleMNIST(raw, y.cpu(), mean, std)
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    made: dict[int, DataLoader] = {}
 
     def dl_epoch(seed: int):
         return task.batches("train", BATCH, shuffle=True, seed=seed)
 
-    def loader_epoch(seed: int):
+    def loader_epoch(seed: int, workers: int):
+        if workers not in made:  # workers start once and stay (persistent_workers): their start-up is not timed
+            made[workers] = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
+                                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)
         torch.manual_seed(seed)
-        for xb, yb in loader:
+        for xb, yb in made[workers]:
             yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
     return dl_epoch, loader_epoch
@@ -67,8 +70,7 @@ def measure(ctx: Context) -> list[Result]:
     parts = build_parts(cfg)
     task = parts.task
     n = 20_000 if ctx.quick else task.size("train")
-    workers = 0  # the DataLoader default; worker processes only add start-up and IPC on 2 cores
-    dl_epoch, loader_epoch = loaders(task, n, device, workers)
+    dl_epoch, loader_epoch = loaders(task, n, device)
 
     def consume(epoch) -> float:
         sync(device)
@@ -94,13 +96,18 @@ def measure(ctx: Context) -> list[Result]:
         return n / (time.perf_counter() - start)
 
     results = []
-    for what, fn, reps in (("batching", consume, ctx.reps()), ("training", train, ctx.reps(3))):
+    # workers=0 is the DataLoader default; 2 worker processes (one per core here) in the full run, batching only:
+    # while training they would compete with the compute threads for the same 2 cores.
+    cases = [("batching", consume, 0, ctx.reps()), ("training/mlp", train, 0, ctx.reps(3))]
+    if not ctx.quick:
+        cases.insert(1, ("batching", consume, 2, ctx.reps()))
+    for what, fn, workers, reps in cases:
         seed = iter(range(10 ** 6))
-        runs = interleave({"dataloader": lambda: fn(loader_epoch(next(seed))),
+        runs = interleave({"dataloader": lambda: fn(loader_epoch(next(seed), workers)),
                            "dl": lambda: fn(dl_epoch(next(seed)))}, reps)
         ratio = paired_ratio(runs["dl"], runs["dataloader"])
         results.append(Result(
-            case=f"data/{what}" + ("/mlp" if what == "training" else ""), metric="images/s",
+            case=f"data/{what}" + (f" vs workers={workers}" if workers else ""), metric="images/s",
             dl=median(runs["dl"]), baseline=median(runs["dataloader"]),
             baseline_name=f"per-sample DataLoader (workers={workers})", ratio=ratio,
             ratio_name="dl / DataLoader images/s", goal="> 1 (faster)", met=ratio > 1,

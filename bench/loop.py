@@ -24,10 +24,10 @@ from bench.common import (Context, Result, autocast, bare_adamw, build_parts, co
 
 # model -> (dl train overrides, quick (epochs, steps per epoch), full (epochs, steps per epoch)); steps None = all
 CASES = {
-    "mlp": (["model=mlp"], (6, None), (20, None)),
-    "cnn": (["model=cnn", "dataset=mnist"], (1, 40), (1, 120)),
-    "lstm": (["model=lstm"], (1, 40), (1, 120)),
-    "transformer": (["model=transformer", "dataset=grammar"], (1, 40), (1, 120)),
+    "mlp": (["model=mlp"], (5, None), (10, None)),
+    "cnn": (["model=cnn", "dataset=mnist"], (1, 30), (1, 80)),
+    "lstm": (["model=lstm"], (1, 30), (1, 60)),
+    "transformer": (["model=transformer", "dataset=grammar"], (1, 30), (1, 60)),
 }
 VAL_EXAMPLES = 1024  # one eval batch: evaluation is in both loops, but this measures training
 
