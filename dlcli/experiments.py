@@ -61,7 +61,12 @@ def _block(job: Path) -> dict | None:
     if not path.exists():
         return None
     block = OmegaConf.select(OmegaConf.load(path), "experiment", default=None)
-    return OmegaConf.to_container(block, resolve=False) if block is not None else None
+    if block is None:
+        return None
+    try:  # a title may quote the run's settings: "adding problem, T=${dataset.seq_len}"
+        return OmegaConf.to_container(block, resolve=True)
+    except Exception:  # an interpolation this config cannot resolve: show it as written
+        return OmegaConf.to_container(block, resolve=False)
 
 
 def report_sweep(sweep_dir: Path) -> list[Path]:
@@ -247,8 +252,12 @@ def _curves(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     values = [v for r in runs for _, v in r.series(metric, x)]
     if panel.get("log") and min(values) > 0 and max(values) / min(values) > 10:  # a log axis needs decades
         ax.set_yscale("log")
+    xs = sorted({p for r in runs for p, _ in r.series(metric, x)})
     if panel.get("logx"):  # runs with a thousand times more steps than others
         ax.set_xscale("log")
+    elif len(xs) <= 2:  # one or two epochs: integer ticks at them, not 0.95 ... 1.05
+        ax.set_xticks(xs)
+        ax.set_xlim(xs[0] - 0.5, xs[-1] + 0.5)
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
     ax.set_xlabel(x)
@@ -272,6 +281,7 @@ def _bars(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
         ax.legend(fontsize=8)
     if panel.get("log") and all(v is not None and v > 0 for v in values):
         ax.set_yscale("log")
+        ax.set_ylim(top=max(heights + [float(panel.get("baseline") or 0)]) * 4)  # room for the value labels
     elif panel.get("ylim"):
         ax.set_ylim(*panel["ylim"])
     else:
