@@ -250,7 +250,7 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
                 _check_keys(base, [o for o in job if o not in group_part])
                 cfg = compose("config", overrides=job)
             except HydraException as e:
-                raise UserError(sweeps.plugin_hint(str(e)) or _first_line(e)) from None
+                raise UserError(sweeps.composition_hint(str(e)) or _first_line(e)) from None
             _check_types(base, cfg, [o for o in job if o not in group_part])
             configs.append(cfg)
     GlobalHydra.instance().clear()

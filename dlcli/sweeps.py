@@ -39,8 +39,8 @@ class SweepPlan:
         return self.base.hydra.sweeper
 
 
-def plugin_hint(error: str) -> str | None:
-    """'pip install ...' advice for a composition error caused by a Hydra plugin that is not installed."""
+def composition_hint(error: str) -> str | None:
+    """A clearer line for a composition error caused by a Hydra plugin that is not installed: 'pip install ...'."""
     for (group, name), (package, extra) in PLUGINS.items():
         if f"hydra/{group}/{name}" in error or f"hydra/{group}={name}" in error:
             return (f"hydra/{group}={name} needs Hydra's {name} {group} plugin: pip install 'dlcli[{extra}]' "
@@ -60,13 +60,17 @@ def base_config(overrides: list[str], parsed: list[Any], groups: set[str]) -> Di
     try:
         return compose("config", overrides=fixed, return_hydra_config=True)
     except HydraException as e:
-        raise UserError(plugin_hint(str(e)) or str(e).strip().splitlines()[0]) from None
+        raise UserError(composition_hint(str(e)) or str(e).strip().splitlines()[0]) from None
 
 
 def with_sweeper_params(overrides: list[str], parsed: list[Any], parser: Any, multirun: bool,
                         groups: set[str]) -> tuple[list, SweepPlan | None]:
     """The overrides every job is made of: hydra.sweeper.params first, then the command line (the same key: the
     command line wins, as in Hydra's sweepers). Returns (parsed overrides, the sweep's plan or None)."""
+    for o in parsed:
+        if o.key_or_group in SWEEP_GROUPS and not o.input_line.startswith(("+", "~")):
+            raise UserError(f"{o.input_line}: {o.key_or_group} is not in the default config, so it is added with "
+                            f"a +: dl train -m +{o.input_line}")
     if not multirun and not any(o.key_or_group in SWEEP_GROUPS for o in parsed):
         return parsed, None
     base = base_config(overrides, parsed, groups)

@@ -200,6 +200,7 @@ def test_optuna_search_space_is_checked_before_any_trial():
                      fails("+hparams_search=mlp_spirals", "hydra.sweeper.direction=maximize"))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # optuna 2.10 on SQLAlchemy 2 (in-memory storage: unused)
 def test_hparams_search_runs_optuna_and_reports_the_best_trial(here, capsys):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     from omegaconf import OmegaConf
@@ -230,8 +231,16 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(here):
 
 
 def test_missing_plugins_are_named_with_the_extra_to_install():
-    from dlcli.sweeps import plugin_hint
+    from dlcli.sweeps import composition_hint
 
-    hint = plugin_hint("In 'hparams_search/mlp_spirals': Could not load 'hydra/sweeper/optuna'.")
+    hint = composition_hint("In 'hparams_search/mlp_spirals': Could not load 'hydra/sweeper/optuna'.")
     assert hint and "pip install 'dlcli[optuna]'" in hint
-    assert "pip install 'dlcli[joblib]'" in plugin_hint("Could not find 'hydra/launcher/joblib'")
+    assert "pip install 'dlcli[joblib]'" in composition_hint("Could not find 'hydra/launcher/joblib'")
+
+
+def test_experiment_without_plus_says_to_add_it():
+    from dlcli.app import compose_jobs
+    from dlcli.errors import UserError
+
+    with pytest.raises(UserError, match=r"added with a \+: dl train -m \+experiment=lstm_vs_rnn$"):
+        compose_jobs(["experiment=lstm_vs_rnn"], multirun=True)
