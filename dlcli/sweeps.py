@@ -140,6 +140,7 @@ def check_sweep(configs: list[DictConfig], plan: SweepPlan | None) -> None:
     if plan is not None:
         _check_base(plan)
         _check_direction(configs, plan.sweeper)
+        _check_storage(plan.sweeper)
     checked: set[str] = set()
     for cfg in configs:
         monitor = str(cfg.trainer.monitor)
@@ -190,6 +191,23 @@ def _check_direction(configs: list[DictConfig], sweeper: Any) -> None:
                             f"(trainer.monitor={cfg.trainer.monitor}): the sweeper would {direction} what dl keeps "
                             f"the {'lowest' if want == 'minimize' else 'highest'} of; set "
                             f"hydra.sweeper.direction={want}, or trainer.mode to match")
+
+
+def _check_storage(sweeper: Any) -> None:
+    """hydra-optuna-sweeper pins optuna < 3; optuna 2.x cannot open a database through SQLAlchemy 2 (its study
+    creation fails on an assertion), and alembic, which optuna needs, now requires SQLAlchemy 2."""
+    if sweeper.get("storage") is None:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        optuna, sqlalchemy = version("optuna"), version("sqlalchemy")
+    except PackageNotFoundError:
+        return
+    if int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
+        raise UserError(f"hydra.sweeper.storage={sweeper.storage}: optuna {optuna} (what hydra-optuna-sweeper "
+                        f"allows) cannot use a database with SQLAlchemy {sqlalchemy}; leave storage null: the study "
+                        "lives in memory, its results in optimization_results.yaml and summary.csv")
 
 
 def _check_monitor(cfg: DictConfig) -> None:

@@ -198,6 +198,10 @@ def test_optuna_search_space_is_checked_before_any_trial():
         "hydra/sweeper=optuna", "optimizer=choice(sgd,adam)", "optimizer.momentum=interval(0.1,0.9)")
     assert re.search(r"direction=maximize but trainer.mode=min .* set hydra.sweeper.direction=minimize",
                      fails("+hparams_search=mlp_spirals", "hydra.sweeper.direction=maximize"))
+    from importlib.metadata import version
+
+    if version("optuna") < "3" and version("sqlalchemy") >= "2":
+        assert "leave storage null" in fails("+hparams_search=mlp_spirals", "hydra.sweeper.storage=sqlite:///s.db")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # optuna 2.10 on SQLAlchemy 2 (in-memory storage: unused)
