@@ -172,7 +172,10 @@ def _labels(jobs: list[Path], keys: list[str] | None) -> list[str]:
 
 def report_experiment(sweep_dir: Path, jobs: list[Path], block: dict) -> list[Path]:
     name = str(block.get("name") or sweep_dir.name)
-    runs = [Run(j, label) for j, label in zip(jobs, _labels(jobs, block.get("label")))]
+    labels = _labels(jobs, block.get("label"))
+    if len(set(labels)) < len(labels):  # the command line swept more than the lesson's keys (trainer.seed=0,1)
+        labels = _labels(jobs, None)
+    runs = [Run(j, label) for j, label in zip(jobs, labels)]
     columns = list(block.get("columns") or ["best"])
     rows = [{"run": r.label, "status": r.status, **{c: r.value(c) for c in columns}} for r in runs]
     csv_path = sweep_dir / f"{name}.csv"
@@ -204,7 +207,7 @@ def lesson_figure(runs: list[Run], panels: list[dict], path: Path, title: str) -
     nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.4 * cols, 4.3 * nrows), squeeze=False)
     palette = plt.get_cmap("tab10").colors
-    colors = {r.label: palette[i % len(palette)] for i, r in enumerate(runs)}
+    colors = {r.job: palette[i % len(palette)] for i, r in enumerate(runs)}
     for ax, panel in zip(axes.flat, panels):
         drawers[panel["plot"]](ax, panel, runs, colors)
         ax.grid(alpha=0.3, which="major")
@@ -242,7 +245,7 @@ def _curves(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
         pts = r.series(metric, x)
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, "-o" if len(pts) <= 30 else "-", markersize=3, linewidth=1.3, color=colors[r.label],
+            ax.plot(xs, ys, "-o" if len(pts) <= 30 else "-", markersize=3, linewidth=1.3, color=colors[r.job],
                     label=r.label, alpha=0.9)
             shown += 1
     if panel.get("hline") is not None:  # e.g. the clipping threshold
@@ -270,7 +273,7 @@ def _bars(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     values = [r.value(metric) for r in runs]
     xs = range(len(runs))
     heights = [v if v is not None else 0.0 for v in values]
-    ax.bar(xs, heights, color=[colors[r.label] for r in runs])
+    ax.bar(xs, heights, color=[colors[r.job] for r in runs])
     for x, v, r in zip(xs, values, runs):
         text = "failed" if r.status == "failed" else ("n/a" if v is None else f"{v:.3g}")
         ax.annotate(text, (x, heights[x]), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
@@ -298,7 +301,7 @@ def _by_length(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
         by = r.summary.get("exact_by_source_length") or {}
         if by:
             pts = sorted((int(k), v["exact"]) for k, v in by.items())
-            ax.plot(*zip(*pts), "-o", markersize=3, color=colors[r.label], label=r.label)
+            ax.plot(*zip(*pts), "-o", markersize=3, color=colors[r.job], label=r.label)
     ax.set_xlabel("source length (tokens)")
     ax.set_ylabel(panel.get("ylabel", "exact match (test)"))
     ax.set_ylim(-0.02, 1.02)
@@ -310,7 +313,7 @@ def _grad_time(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
         if r.grad_time and any(v > 0 for v in r.grad_time):
             # a gradient that underflowed to 0 (float32: below ~1e-38) has no place on a log axis: a gap
             ys = [v if v > 0 else float("nan") for v in r.grad_time]
-            ax.plot(range(1, len(ys) + 1), ys, "-", linewidth=1.5, color=colors[r.label], label=r.label)
+            ax.plot(range(1, len(ys) + 1), ys, "-", linewidth=1.5, color=colors[r.job], label=r.label)
     ax.set_yscale("log")
     ax.set_xlabel("time step t (1 = first input)")
     ax.set_ylabel(panel.get("ylabel", "||dLoss / d state_t||"))
