@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("names", nargs="*", help="cases to run (default: all)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="smaller shapes and fewer repetitions")
-    ap.add_argument("--repeat", type=int, default=5, help="timed repetitions per side (interleaved)")
+    ap.add_argument("--repeat", type=int, default=7, help="timed rounds per case (interleaved; --quick: at most 3)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the transformer (both sides)")
     ap.add_argument("--note", default="", help="stored with the results, e.g. 'busy machine'")
     ap.add_argument("--out", help="JSON path (default bench/results/<date>_<device>.json; '-' for none)")
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - start
     console.print(table(results, f"dl vs baselines on {args.device} ({total:.0f} s)"))
     if args.out != "-":
-        out = Path(args.out) if args.out else REPO / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}_{args.device}.json"
+        default = REPO / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}_{args.device}.json"
+        out = Path(args.out) if args.out else default
         out.parent.mkdir(parents=True, exist_ok=True)
         command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
         out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command.strip(),

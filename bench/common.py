@@ -28,7 +28,7 @@ class Context:
 
     device: torch.device
     quick: bool = False
-    repeat: int = 5
+    repeat: int = 7
 
     def reps(self, cap: int | None = None) -> int:
         """Timed repetitions per side: --repeat (at most 3 with --quick), at most `cap`."""
@@ -117,12 +117,14 @@ def run_fit(parts: DlParts, logger_cls: Any = None) -> tuple[float, Any]:
 
 # --------------------------------------------------------------------------------------------- hand-written pieces
 def bare_adamw(model: torch.nn.Module, ocfg: Any, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW as a careful person writes it: decay on weight matrices only, fused on CUDA, foreach elsewhere."""
+    """AdamW as dl builds it (decay on weight matrices only, fused kernels on CUDA and CPU), written out by hand: the
+    loop comparison isolates the loop, not the optimizer (torch's default AdamW on a CPU, a for-loop over the
+    parameters, is ~3x slower than the fused one)."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     groups = [g for g in ({"params": decay, "weight_decay": float(ocfg.weight_decay)},
                           {"params": rest, "weight_decay": 0.0}) if g["params"]]
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=float(ocfg.lr), betas=tuple(ocfg.betas), eps=float(ocfg.eps), **fast)
 
 

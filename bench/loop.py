@@ -24,12 +24,12 @@ from bench.common import (Context, Result, autocast, bare_adamw, build_parts, co
 
 # model -> (dl train overrides, quick (epochs, steps per epoch), full (epochs, steps per epoch)); steps None = all
 CASES = {
-    "mlp": (["model=mlp"], (5, None), (10, None)),
-    "cnn": (["model=cnn", "dataset=mnist"], (1, 30), (1, 80)),
-    "lstm": (["model=lstm"], (1, 30), (1, 60)),
-    "transformer": (["model=transformer", "dataset=grammar"], (1, 30), (1, 60)),
+    "mlp": (["model=mlp"], (4, None), (10, None)),
+    "cnn": (["model=cnn", "dataset=mnist"], (1, 20), (1, 50)),
+    "lstm": (["model=lstm"], (1, 10), (1, 20)),
+    "transformer": (["model=transformer", "dataset=grammar"], (1, 15), (1, 30)),
 }
-VAL_EXAMPLES = 1024  # one eval batch: evaluation is in both loops, but this measures training
+VAL_EXAMPLES = 256  # evaluation is in both loops, but this measures training: a small val split
 
 
 def trim(task: Any, steps: int | None, batch: int) -> None:
@@ -109,8 +109,9 @@ def bare_loop(model: torch.nn.Module, task: Any, cfg: Any, device: torch.device,
     return time.perf_counter() - start, metrics
 
 
-def race(cfg: Any, epochs: int, steps: int | None, ctx: Context, bare_model: Callable[[Any], torch.nn.Module] | None = None,
-         prepare: Callable[[Any], None] | None = None, task: Any = None) -> dict[str, Any]:
+def race(cfg: Any, epochs: int, steps: int | None, ctx: Context,
+         bare_model: Callable[[Any], torch.nn.Module] | None = None, prepare: Callable[[Any], None] | None = None,
+         task: Any = None) -> dict[str, Any]:
     """dl's fit against bare_loop on the task `cfg` builds, trimmed to `steps` batches an epoch, `epochs` epochs,
     alternating repetitions. bare_model(task) builds the hand-written side's model (default: the same dlcli model).
     prepare(parts) may change the dl parts before each run (e.g. torch.compile the model); task: a prebuilt task

@@ -62,7 +62,8 @@ def compare(settings: list[str], repeat: int, seeds: list[int]) -> None:
             order.reverse()
     for s, rows in out.items():
         print(f"{s or 'default':60s} acc mean {statistics.mean(r['test_acc'] for r in rows):.4f} "
-              f"min {min(r['test_acc'] for r in rows):.4f}  wall median {statistics.median(r['wall_s'] for r in rows):.1f}s"
+              f"min {min(r['test_acc'] for r in rows):.4f}  "
+              f"wall median {statistics.median(r['wall_s'] for r in rows):.1f}s"
               f"  cpu median {statistics.median(r['cpu_s'] for r in rows):.1f}s")
 
 

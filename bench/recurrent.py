@@ -17,7 +17,7 @@ from bench.common import Context, Result, compose, data_dir, median, paired_rati
 from bench.loop import race
 
 # (layers, hidden, batch, block, steps per repetition)
-SHAPES = {"cuda": (2, 512, 64, 256, 50), "cpu": (2, 128, 32, 64, 30), "cpu-quick": (2, 128, 32, 64, 10)}
+SHAPES = {"cuda": (2, 512, 64, 256, 50), "cpu": (2, 128, 32, 64, 20), "cpu-quick": (2, 128, 32, 64, 8)}
 
 
 class BareLM(nn.Module):

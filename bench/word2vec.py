@@ -83,7 +83,8 @@ def run_dlcli(cfg, task) -> tuple[float, torch.Tensor]:
     return seconds, model.vectors().clone()
 
 
-def run_gensim(cfg, sentences: list[list[str]], vocab: list[str], workers: int, seed: int) -> tuple[float, torch.Tensor]:
+def run_gensim(cfg, sentences: list[list[str]], vocab: list[str], workers: int,
+               seed: int) -> tuple[float, torch.Tensor]:
     from gensim.models import Word2Vec
 
     m = cfg.model
