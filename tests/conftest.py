@@ -17,6 +17,12 @@ DATA_DIR = Path(os.environ.get("DL_DATA_DIR") or REPO.parent / "shared" / "data"
 HAS_MNIST = (DATA_DIR / "mnist" / "train-images-idx3-ubyte.gz").is_file()
 needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not under {DATA_DIR} (set DL_DATA_DIR)")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (pytest-xdist): in-process torch work takes one thread, as the CLI subprocesses do.
+    import torch
+
+    torch.set_num_threads(1)
+
 # Tiny, fast settings for end-to-end runs on 2 CPU cores.
 FAST = ["trainer.summary=false", "trainer.plots=false"]
 

@@ -26,7 +26,7 @@ def test_default_run_learns_spirals_and_writes_every_artefact(dl):
     rows = read_jsonl(run / "metrics.jsonl")
     train = [r for r in rows if r["split"] == "train"]
     assert train[-1]["loss"] < train[0]["loss"] / 3
-    assert {r["split"] for r in rows} == {"step", "train", "val", "test"}
+    assert {r["split"] for r in rows} == {"step", "grad_norm", "train", "val", "test"}
     with open(run / "metrics.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
