@@ -225,17 +225,21 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
             raise UserError(f"cannot read override: {str(e).splitlines()[0]}") from None
         from dlcli import sweeps
 
+        def check_groups(parsed: list) -> None:
+            for o in parsed:
+                if o.is_sweep_override() and not multirun:
+                    raise UserError(f"{o.input_line} lists several values: add -m (multirun) to sweep over them")
+                group = o.key_or_group.lstrip("+~")
+                if group in groups and not o.is_delete():
+                    options = loader.get_group_options(group)
+                    for value in _values(o):
+                        if value not in options:
+                            raise UserError(f"{group}={value}: no such {group}{choices(value, options)}")
+
+        check_groups(parsed)  # first the command line: +experiment=NAME must exist before its file is read
         # an experiment's or hparams_search's hydra.sweeper.params are part of every job, like the command line
         parsed, sweeper = sweeps.with_sweeper_params(overrides, parsed, parser, multirun, groups)
-        for o in parsed:
-            if o.is_sweep_override() and not multirun:
-                raise UserError(f"{o.input_line} lists several values: add -m (multirun) to sweep over them")
-            group = o.key_or_group.lstrip("+~")
-            if group in groups and not o.is_delete():
-                options = loader.get_group_options(group)
-                for value in _values(o):
-                    if value not in options:
-                        raise UserError(f"{group}={value}: no such {group}{choices(value, options)}")
+        check_groups(parsed)
         jobs = sweeps.job_lists(parsed, sweeper) if multirun else [[o.input_line for o in parsed]]
         configs = []
         bases: dict[tuple, DictConfig] = {}
