@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ def line(r: Result) -> str:
         text += f" vs {fmt(r.baseline)} ({r.baseline_name})"
     if r.ratio is not None:
         text += f"; {r.ratio_name} {r.ratio:.3f}"
+        if r.details.get("ratio_cpu") is not None:
+            text += f" (by CPU time {r.details['ratio_cpu']:.3f})"
     if r.goal:
         text += f"; goal {r.goal}: {'met' if r.met else 'NOT met' if r.met is False else '-'}"
     return text
@@ -69,6 +72,8 @@ def table(results: list[Result], title: str) -> Table:
         skipped = r.details.get("skipped")
         base = f"{fmt(r.baseline)} ({r.baseline_name})" if r.baseline is not None else ""
         ratio = f"{r.ratio:.3f} {r.ratio_name}" if r.ratio is not None else ""
+        if r.details.get("ratio_cpu") is not None:
+            ratio += f" (CPU time: {r.details['ratio_cpu']:.3f})"
         mark = {True: "[green]met[/]", False: "[red]NOT met[/]", None: ""}[r.met]
         t.add_row(r.case, r.metric, fmt(r.dl) if not skipped else f"skipped: {skipped}", base, ratio, r.goal, mark)
     return t
@@ -87,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda: CUDA is not available on this machine")
     chosen = parse_names(args.names)
-    ctx = Context(torch.device(args.device), quick=args.quick, repeat=args.repeat)
-    ctx.compile = args.compile  # type: ignore[attr-defined]
+    ctx = Context(torch.device(args.device), quick=args.quick, repeat=args.repeat, compile=args.compile)
     console = Console(width=None if Console().is_terminal else 160)  # a log file keeps whole rows
     info = machine()
     console.print(f"[bold]dl benchmarks[/] on {args.device} ({info.get('gpu') or info['cpu']}, {info['cpus']} CPUs, "
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         default = REPO / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}_{args.device}.json"
         out = Path(args.out) if args.out else default
         out.parent.mkdir(parents=True, exist_ok=True)
-        command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
         out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command.strip(),
                                    "device": args.device, "quick": args.quick, "note": args.note, "machine": info,
                                    "seconds": round(total, 1), "case_seconds": timings,

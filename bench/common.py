@@ -29,6 +29,7 @@ class Context:
     device: torch.device
     quick: bool = False
     repeat: int = 7
+    compile: bool = False  # torch.compile the transformer (both sides)
 
     def reps(self, cap: int | None = None) -> int:
         """Timed repetitions per side: --repeat (at most 3 with --quick), at most `cap`."""

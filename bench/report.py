@@ -34,6 +34,8 @@ def render(data: dict) -> str:
             continue
         base = f"{num(r['baseline'])} ({r['baseline_name']})" if r["baseline"] is not None else ""
         ratio = f"{r['ratio']:.3f} ({r['ratio_name']})" if r["ratio"] is not None else ""
+        if d.get("ratio_cpu") is not None:
+            ratio += f"; by CPU time {d['ratio_cpu']:.3f}"
         met = {True: "met", False: "**not met**", None: ""}[r["met"]]
         lines.append(f"| {r['case']} | {r['metric']} | {num(r['dl'])} | {base} | {ratio} | {r['goal']} | {met} |")
     return "\n".join(lines)
