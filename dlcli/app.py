@@ -232,7 +232,7 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
                 group = o.key_or_group.lstrip("+~")
                 if group in groups and not o.is_delete():
                     options = loader.get_group_options(group)
-                    for value in _values(o):
+                    for value in sweeps.sweep_values(o):  # choice/range values, an interval's ends
                         if value not in options:
                             raise UserError(f"{group}={value}: no such {group}{choices(value, options)}")
 
@@ -261,12 +261,6 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
     if multirun:
         sweeps.check_sweep(configs, sweeper)  # Optuna's direction vs trainer.mode; a monitor the task never logs
     return configs
-
-
-def _values(override: Any) -> list[str]:
-    from dlcli.sweeps import sweep_values
-
-    return sweep_values(override)  # choice/range values, an interval's ends
 
 
 def _first_line(e: Exception) -> str:

@@ -161,8 +161,7 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
     signal_at = _test_signals()
     step = distributed.train_step(model, task)  # task.step; under DDP this rank's slice through DDP
     # trainer.log_grad_norms: per-layer gradient norms on the steps whose loss is logged (none in between)
-    norm_every = int(tcfg.log_every_n_steps) if tcfg.get("log_grad_norms", False) else 0
-    grad_norms = GradNorms(model) if norm_every else None
+    grad_norms = GradNorms(model) if tcfg.get("log_grad_norms", False) else None
     start = time.perf_counter() - state.elapsed
     stop_reason = ""
     model.train()
@@ -190,7 +189,7 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
                 else:
                     loss.backward()
                 # before clipping: the gradient as the loss made it (read below with the logged loss)
-                norms = grad_norms.compute() if norm_every and (state.step + 1) % norm_every == 0 else None
+                norms = grad_norms.compute() if grad_norms is not None and (state.step + 1) % log_every == 0 else None
                 if clip_value:
                     nn.utils.clip_grad_value_(model.parameters(), clip_value)
                 if clip_norm:
