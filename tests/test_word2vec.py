@@ -77,6 +77,59 @@ def test_contexts_stay_in_the_sentence_and_windows_shrink_at_random():
     assert negatives.shape == (-(-len(ids) * 8 // 16), 64)  # enough groups of 16 rows for 2*window rows a center
 
 
+def reference_loss(model, centers, contexts, negatives):
+    """The negative-sampling loss written pair by pair with plain autograd ops (a slow, obvious reference)."""
+    import torch.nn.functional as F
+
+    w_in, w_out = model.input.weight, model.output.weight
+    has = (contexts >= 0).any(1)
+    centers, contexts = centers[has], contexts[has]
+    pairs = int((contexts >= 0).sum()) if model.objective == "skipgram" else len(centers)
+    groups = min(len(negatives), len(centers), -(-pairs // model.group))
+    per_group, shared = -(-len(centers) // groups), negatives.shape[1]
+    total = w_in.sum() * 0
+    for r, center in enumerate(centers.tolist()):
+        words = [c for c in contexts[r].tolist() if c >= 0]
+        if model.objective == "skipgram":
+            x, targets = w_in[center], words
+        else:  # the mean's value, the sum's gradient (word2vec gives each context word the full error)
+            summed = w_in[torch.tensor(words)].sum(0)
+            x, targets = summed + (summed / len(words) - summed).detach(), [center]
+        for t in targets:
+            total = total - F.logsigmoid(x @ w_out[t])
+            for s in negatives[r // per_group].tolist():
+                if s != t:  # word2vec skips a negative equal to the target
+                    total = total - F.logsigmoid(-(x @ w_out[s])) * (model.negative / shared)
+    return total
+
+
+@pytest.mark.parametrize("objective", ["skipgram", "cbow"])
+def test_word2vec_written_out_gradient_matches_autograd(objective):
+    from dlcli.models.word2vec import Word2Vec
+
+    torch.manual_seed(0)
+    model = Word2Vec(30, 8, objective, negative=5, group=4)
+    with torch.no_grad():
+        model.input.weight.normal_(0, 0.3)
+        model.output.weight.normal_(0, 0.3)
+    centers = torch.randint(0, 30, (13,))
+    contexts = torch.randint(-1, 30, (13, 4))
+    contexts[3] = -1                                  # a center with no context: no rows
+    negatives = torch.randint(0, 30, (6, 5))
+    negatives[0, :2] = torch.stack([centers[0], contexts[0, 1].clamp(min=0)])  # negatives equal to targets
+    loss, pairs = model.loss(centers, contexts, negatives)
+    loss.backward()
+    assert model.input.weight.grad.is_sparse and model.output.weight.grad.is_sparse  # SGD touches used rows only
+    got = [p.grad.to_dense() for p in (model.input.weight, model.output.weight)]
+    model.zero_grad()
+    expect = reference_loss(model, centers, contexts, negatives)
+    expect.backward()
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    assert int(pairs) == (int((contexts >= 0).sum()) if objective == "skipgram" else 12)
+    for g, p in zip(got, (model.input.weight, model.output.weight)):
+        assert torch.allclose(g, p.grad.to_dense(), atol=1e-5), (g - p.grad.to_dense()).abs().max()
+
+
 def test_tokenizer_lowercases_and_splits_punctuation():
     assert tokenizer(True, "split")("The _Cat_ said: “Don't!”") == ["the", "cat", "said", ":", "“", "don't", "!",
                                                                      "”"]

@@ -117,8 +117,8 @@ class EmbeddingTask(Task):
         counts = torch.tensor(meta["counts"], dtype=torch.float64)
         self.window = int(cfg.window)
         self.negative = int(cfg.negative)
-        self.shared = int(cfg.get("shared_negatives", 16))
-        self.group = int(cfg.get("negative_group", 192))
+        self.shared = int(cfg.get("shared_negatives", 32))
+        self.group = int(cfg.get("negative_group", 384))
         if self.shared < 1 or self.group < 1:
             raise UserError(f"model.shared_negatives={self.shared}, model.negative_group={self.group}: both >= 1")
         if self.window < 1:
@@ -139,8 +139,8 @@ class EmbeddingTask(Task):
 
     def to(self, device: torch.device) -> EmbeddingTask:
         if device.type == "cpu" and self.cpu_threads:
-            # a step is many small tensor ops: one intra-op thread beats two (measured: 6 s vs 15 s of CPU time
-            # per epoch on `relations`), and the other core stays free
+            # dataset.cpu_threads=1 leaves a core to other work; the default (all cores) is faster: on 2 cores,
+            # Gutenberg skip-gram 382k vs 285k words/s, cbow 450k vs 405k (docs/performance.md)
             torch.set_num_threads(self.cpu_threads)
         super().to(device)
         self.keep_prob = self.keep_prob.to(device)

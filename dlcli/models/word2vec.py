@@ -1,9 +1,9 @@
 """word2vec (Mikolov et al. 2013): skip-gram and CBOW with negative sampling, as in the original C tool and gensim.
 
 Two tables: `input` holds the word vectors (word2vec's syn0, what is exported), `output` the vectors words have as
-prediction targets (syn1neg, zero at the start). Both use sparse gradients, so an SGD step touches only the rows a
-batch used. A batch (dlcli/data/corpus.py) is centers [n], contexts [n, 2*window] (-1: none) and negatives [G, S]:
-each group of `negative_group` training rows shares S negatives, so its negative scores are one matrix product.
+prediction targets (syn1neg, zero at the start). Their gradients are sparse, so an SGD step touches only the rows a
+batch used. A batch (dlcli/data/corpus.py) is centers [n], contexts [n, 2*window] (-1: none) and negatives [G, S];
+the loss and its gradient are written out in NegativeSampling below.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ OBJECTIVES = ("skipgram", "cbow")
 
 
 class Word2Vec(nn.Module):
-    def __init__(self, vocab_size: int, vector_size: int, objective: str, negative: int = 5, group: int = 192):
+    def __init__(self, vocab_size: int, vector_size: int, objective: str, negative: int = 5, group: int = 384):
         super().__init__()
         self.objective = objective
         self.negative = negative
@@ -36,47 +36,92 @@ class Word2Vec(nn.Module):
         return self.input(words)
 
     def loss(self, centers: Tensor, contexts: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
-        """(summed negative-sampling loss, number of training pairs).
-
-        Rows (skip-gram: one per (context, center) pair; cbow: one per center) come in groups of
-        `negative_group` that share S negatives: per row -log σ(x·v₊) - (k/S) Σ_s log σ(-x·v_s), the same
-        expected gradient as word2vec's k negatives per pair, as one matrix product per group."""
-        if centers.numel() == 0:  # every word of a short chunk was subsampled away
-            return self.input(centers).sum(), centers.new_zeros(())
-        mask = contexts >= 0
-        if self.objective == "skipgram":  # each context word predicts its center (word2vec's pairing)
-            center_of = torch.arange(len(centers), device=centers.device)[:, None].expand_as(contexts)[mask]
-            target = centers[center_of]
-            x = self.input(contexts[mask])                                   # [P, d]
+        """(summed negative-sampling loss, number of training pairs: skip-gram (center, context) pairs, cbow
+        centers). Only centers with at least one context word train."""
+        has = (contexts >= 0).any(1)
+        centers, contexts = centers[has], contexts[has]
+        if self.objective == "skipgram":  # the center's vector predicts each of its context words
+            inputs, targets = centers[:, None], contexts
         else:  # cbow: the mean of the context vectors predicts the center
-            has = mask.any(1)
-            centers, contexts, mask = centers[has], contexts[has], mask[has]
-            m = mask.to(self.input.weight.dtype)
-            total = (self.input(contexts.clamp(min=0)) * m[..., None]).sum(1)
-            mean = total / m.sum(1)[:, None]
-            # value: the mean; gradient: each context word gets the full error, as word2vec and gensim
-            # (cbow_mean=1) do
-            x = total + (mean - total).detach()                              # [n, d]
-            target = centers
-        rows, shared = len(x), negatives.shape[1]
-        if rows == 0:
-            return self.input(centers[:0]).sum(), centers.new_zeros(())
-        groups = min(len(negatives), -(-rows // self.group))
-        per_group = -(-rows // groups)
-        pad = groups * per_group - rows
-        # one lookup for both (a table used twice would have its two sparse gradients added before the step)
-        out = self.output(torch.cat([target, negatives[:groups].reshape(-1)]))
-        pos = (x * out[:rows]).sum(-1)                                      # [rows]
-        noise = out[rows:].view(groups, shared, -1)                         # [G, S, d]
-        neg = torch.bmm(F.pad(x, (0, 0, 0, pad)).view(groups, per_group, -1), noise.transpose(1, 2))
-        # word2vec skips a negative that is the center word itself
-        own = F.pad(target, (0, pad), value=-1).view(groups, per_group, 1) == negatives[:groups, None, :]
-        neg_loss = (-F.logsigmoid(-neg)).masked_fill_(own, 0.0).sum(-1).view(-1)[:rows]
-        loss = -F.logsigmoid(pos).sum() + neg_loss.sum() * (self.negative / shared)
-        return loss, centers.new_tensor(rows)
+            inputs, targets = contexts, centers[:, None]
+        pairs = (targets >= 0).sum()
+        if len(centers) == 0:  # every word of a short chunk was subsampled away
+            return self.input.weight[:0].sum(), pairs
+        # a shared negative's update sums over every pair of its group: groups are sized in pairs, not rows
+        groups = min(len(negatives), len(centers), -(-int(pairs) // self.group))
+        loss = NegativeSampling.apply(self.input.weight, self.output.weight, inputs, targets, negatives[:groups],
+                                      self.negative, self.input.sparse)
+        return loss, pairs
 
     def vectors(self) -> Tensor:
         return self.input.weight.detach()
+
+
+class NegativeSampling(torch.autograd.Function):
+    """The negative-sampling loss with its gradient written out (word2vec's own update rule) rather than
+    recorded by autograd: a few large tensor ops a step and sparse gradients made straight from the rows used
+    (tests/test_word2vec.py checks both gradients against autograd's).
+
+    A row is one center: its input vector x (skip-gram: the center's; cbow: the mean of its context words') is
+    scored against its targets (skip-gram: each context word; cbow: the center) and against the S negatives its
+    group of rows shares, each weighted k/S per target, a negative equal to a target skipped (as word2vec does):
+        loss = Σ_targets -log σ(x·v_t) + (k/S) Σ_targets Σ_s [s ≠ t] -log σ(-x·v_s)
+    The negative scores are computed once per row, not once per pair. Skip-gram's center-predicts-context
+    pairing (the paper's) sums to the same objective as the C tool's context-predicts-center one, since windows
+    are symmetric; cbow gives each context word the full gradient of the mean, as word2vec and gensim do."""
+
+    @staticmethod
+    def forward(ctx, w_in: Tensor, w_out: Tensor, inputs: Tensor, targets: Tensor, negatives: Tensor, k: int,
+                sparse: bool) -> Tensor:
+        rows, (groups, shared), d = len(inputs), negatives.shape, w_in.shape[1]
+        per_group = -(-rows // groups)
+        padded = groups * per_group  # padding rows have no inputs and no targets: all their weights are 0
+        inputs = F.pad(inputs, (0, 0, 0, padded - rows), value=-1)
+        targets = F.pad(targets, (0, 0, 0, padded - rows), value=-1)
+        in_mask, target_mask = inputs >= 0, (targets >= 0).to(w_in.dtype)
+        if inputs.shape[1] == 1:
+            x = w_in.index_select(0, inputs[:, 0].clamp(min=0))
+        else:  # the mean of the row's input words
+            x = w_in.new_zeros(padded, d).index_add_(0, in_mask.nonzero()[:, 0], w_in.index_select(0, inputs[in_mask]))
+            x /= in_mask.sum(1, keepdim=True).clamp(min=1)
+        out_rows = torch.cat([targets.reshape(-1).clamp(min=0), negatives.reshape(-1)])
+        out = w_out.index_select(0, out_rows)
+        t = out[:targets.numel()].view(padded, -1, d)                        # [n, targets, d]
+        noise = out[targets.numel():].view(groups, shared, d)                 # [G, S, d]
+        pos = torch.bmm(t, x[:, :, None])[..., 0]                             # [n, targets]
+        neg = torch.bmm(x.view(groups, per_group, d), noise.transpose(1, 2)).view(padded, shared)
+        own = (targets.view(groups, per_group, -1, 1) == negatives[:, None, None, :]).sum(2).view(padded, shared)
+        neg_weight = (target_mask.sum(1, keepdim=True) - own) * (k / shared)  # [n, S]
+        loss = (F.softplus(-pos) * target_mask).sum() + (F.softplus(neg) * neg_weight).sum()
+        # d loss / d score for the backward pass: σ(s) - 1 for a target, σ(s) for a negative
+        ctx.save_for_backward(x, t, noise, torch.sigmoid(pos).sub_(1).mul_(target_mask),
+                              torch.sigmoid(neg).mul_(neg_weight), inputs, in_mask, out_rows)
+        ctx.shapes, ctx.sparse = (w_in.shape, w_out.shape), sparse
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, t, noise, g_pos, g_neg, inputs, in_mask, out_rows = ctx.saved_tensors
+        g_pos, g_neg = g_pos * grad, g_neg * grad
+        (padded, d), groups = x.shape, len(noise)
+        g_neg_grouped = g_neg.view(groups, -1, noise.shape[1])
+        grad_x = torch.baddbmm(torch.bmm(g_pos[:, None, :], t).view(groups, -1, d), g_neg_grouped, noise)
+        grad_x = grad_x.view(padded, d)
+        grad_out = torch.cat([(g_pos[:, :, None] * x[:, None, :]).view(-1, d),
+                              torch.bmm(g_neg_grouped.transpose(1, 2), x.view(groups, -1, d)).view(-1, d)])
+        if inputs.shape[1] == 1:
+            in_rows, grad_in = inputs[:, 0].clamp(min=0), grad_x
+        else:  # every input word of a row gets the row's full gradient (word2vec; gensim's cbow_mean=1)
+            in_rows, grad_in = inputs[in_mask], grad_x.index_select(0, in_mask.nonzero()[:, 0])
+        return (rows_gradient(in_rows, grad_in, ctx.shapes[0], ctx.sparse),
+                rows_gradient(out_rows, grad_out, ctx.shapes[1], ctx.sparse), None, None, None, None, None)
+
+
+def rows_gradient(rows: Tensor, values: Tensor, shape: torch.Size, sparse: bool) -> Tensor:
+    """The gradient of a table whose `rows` got `values` (repeats add up): sparse COO, or dense under DDP."""
+    if sparse:
+        return torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=False, check_invariants=False)
+    return values.new_zeros(shape).index_add_(0, rows, values)
 
 
 def build(cfg: Any, meta: dict) -> Word2Vec:
