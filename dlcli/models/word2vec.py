@@ -78,12 +78,14 @@ class NegativeSampling(torch.autograd.Function):
         padded = groups * per_group  # padding rows have no inputs and no targets: all their weights are 0
         inputs = F.pad(inputs, (0, 0, 0, padded - rows), value=-1)
         targets = F.pad(targets, (0, 0, 0, padded - rows), value=-1)
-        in_mask, target_mask = inputs >= 0, (targets >= 0).to(w_in.dtype)
+        target_mask = (targets >= 0).to(w_in.dtype)
         if inputs.shape[1] == 1:
-            x = w_in.index_select(0, inputs[:, 0].clamp(min=0))
-        else:  # the mean of the row's input words
-            x = w_in.new_zeros(padded, d).index_add_(0, in_mask.nonzero()[:, 0], w_in.index_select(0, inputs[in_mask]))
-            x /= in_mask.sum(1, keepdim=True).clamp(min=1)
+            words, counts = inputs[:, 0].clamp(min=0), None
+            x = w_in.index_select(0, words)
+        else:  # the mean of the row's input words: one fused gather + mean (a padding row is an empty bag: 0)
+            in_mask = inputs >= 0
+            words, counts = inputs[in_mask], in_mask.sum(1)
+            x = F.embedding_bag(words, w_in, torch.cumsum(counts, 0) - counts, mode="mean")
         out_rows = torch.cat([targets.reshape(-1).clamp(min=0), negatives.reshape(-1)])
         out = w_out.index_select(0, out_rows)
         t = out[:targets.numel()].view(padded, -1, d)                        # [n, targets, d]
@@ -95,13 +97,13 @@ class NegativeSampling(torch.autograd.Function):
         loss = (F.softplus(-pos) * target_mask).sum() + (F.softplus(neg) * neg_weight).sum()
         # d loss / d score for the backward pass: σ(s) - 1 for a target, σ(s) for a negative
         ctx.save_for_backward(x, t, noise, torch.sigmoid(pos).sub_(1).mul_(target_mask),
-                              torch.sigmoid(neg).mul_(neg_weight), inputs, in_mask, out_rows)
+                              torch.sigmoid(neg).mul_(neg_weight), words, counts, out_rows)
         ctx.shapes, ctx.sparse = (w_in.shape, w_out.shape), sparse
         return loss
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, t, noise, g_pos, g_neg, inputs, in_mask, out_rows = ctx.saved_tensors
+        x, t, noise, g_pos, g_neg, in_rows, counts, out_rows = ctx.saved_tensors
         g_pos, g_neg = g_pos * grad, g_neg * grad
         (padded, d), groups = x.shape, len(noise)
         g_neg_grouped = g_neg.view(groups, -1, noise.shape[1])
@@ -109,10 +111,10 @@ class NegativeSampling(torch.autograd.Function):
         grad_x = grad_x.view(padded, d)
         grad_out = torch.cat([(g_pos[:, :, None] * x[:, None, :]).view(-1, d),
                               torch.bmm(g_neg_grouped.transpose(1, 2), x.view(groups, -1, d)).view(-1, d)])
-        if inputs.shape[1] == 1:
-            in_rows, grad_in = inputs[:, 0].clamp(min=0), grad_x
+        if counts is None:
+            grad_in = grad_x
         else:  # every input word of a row gets the row's full gradient (word2vec; gensim's cbow_mean=1)
-            in_rows, grad_in = inputs[in_mask], grad_x.index_select(0, in_mask.nonzero()[:, 0])
+            grad_in = torch.repeat_interleave(grad_x, counts, dim=0, output_size=len(in_rows))
         return (rows_gradient(in_rows, grad_in, ctx.shapes[0], ctx.sparse),
                 rows_gradient(out_rows, grad_out, ctx.shapes[1], ctx.sparse), None, None, None, None, None)
 
