@@ -97,20 +97,26 @@ class NegativeSampling(torch.autograd.Function):
         loss = (F.softplus(-pos) * target_mask).sum() + (F.softplus(neg) * neg_weight).sum()
         # d loss / d score for the backward pass: σ(s) - 1 for a target, σ(s) for a negative
         ctx.save_for_backward(x, t, noise, torch.sigmoid(pos).sub_(1).mul_(target_mask),
-                              torch.sigmoid(neg).mul_(neg_weight), words, counts, out_rows)
+                              torch.sigmoid(neg).mul_(neg_weight), words, counts, targets, negatives)
         ctx.shapes, ctx.sparse = (w_in.shape, w_out.shape), sparse
         return loss
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, t, noise, g_pos, g_neg, in_rows, counts, out_rows = ctx.saved_tensors
+        x, t, noise, g_pos, g_neg, in_rows, counts, targets, negatives = ctx.saved_tensors
         g_pos, g_neg = g_pos * grad, g_neg * grad
-        (padded, d), groups = x.shape, len(noise)
-        g_neg_grouped = g_neg.view(groups, -1, noise.shape[1])
+        (padded, d), (groups, shared, _) = x.shape, noise.shape
+        g_neg_grouped = g_neg.view(groups, -1, shared)
         grad_x = torch.baddbmm(torch.bmm(g_pos[:, None, :], t).view(groups, -1, d), g_neg_grouped, noise)
         grad_x = grad_x.view(padded, d)
-        grad_out = torch.cat([(g_pos[:, :, None] * x[:, None, :]).view(-1, d),
-                              torch.bmm(g_neg_grouped.transpose(1, 2), x.view(groups, -1, d)).view(-1, d)])
+        # the output table's rows: real targets only (padding slots would add zero rows), then the negatives,
+        # written straight into one buffer
+        slots = (targets >= 0).view(-1).nonzero()[:, 0]
+        n_targets = len(slots)
+        out_rows = torch.cat([targets.view(-1)[slots], negatives.view(-1)])
+        grad_out = x.new_empty(len(out_rows), d)
+        torch.mul(g_pos.view(-1)[slots, None], x.index_select(0, slots // targets.shape[1]), out=grad_out[:n_targets])
+        torch.bmm(g_neg_grouped.transpose(1, 2), x.view(groups, -1, d), out=grad_out[n_targets:].view(groups, shared, d))
         if counts is None:
             grad_in = grad_x
         else:  # every input word of a row gets the row's full gradient (word2vec; gensim's cbow_mean=1)
