@@ -38,6 +38,7 @@ class LoopState:
     elapsed: float = 0.0            # seconds of training so far (trainer.max_time counts these)
     batch: int = 0                  # batches of epoch `epoch + 1` already done (a checkpoint saved mid-epoch)
     partial: dict | None = None     # that epoch's summed stats so far (CPU tensors: dtypes kept, resume exact)
+    grad_scaler: dict | None = None  # fp16: the GradScaler's scale and growth tracker, so a resume scales as before
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -151,6 +152,14 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
     n_batches = task.num_batches("train", batch_size)
     monitor_split, monitor_name = str(tcfg.monitor).split("/", 1)
     scaler = runtime.grad_scaler()
+    if scaler is not None and state.grad_scaler:
+        scaler.load_state_dict(state.grad_scaler)
+
+    def checkpoint(which: str) -> None:
+        if scaler is not None:
+            state.grad_scaler = scaler.state_dict()
+        save(which, state)
+
     max_time = float(tcfg.max_time) if tcfg.max_time else None
     patience = tcfg.early_stopping_patience
     # Read per-step settings once: an OmegaConf lookup costs ~20 us and an interpolated one (clip_grad_norm is
@@ -226,7 +235,7 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
                     state.batch = i + 1
                     state.partial = {k: v.detach().cpu() for k, v in distributed.sum_stats(total).items()}
                     state.elapsed = time.perf_counter() - start
-                    save("last", state)
+                    checkpoint("last")
                     raise Interrupted(signum)
                 if out_of_time:
                     stop_reason = "max_time"
@@ -260,11 +269,11 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
             stop_reason = stop_reason or "early_stopping"
         state.elapsed = time.perf_counter() - start
         if note:
-            save("best", state)
+            checkpoint("best")
         signum = distributed.agree(stop.signum)[0]
         saved_last = epoch % int(tcfg.checkpoint_every) == 0 or last or stop_reason or signum is not None
         if saved_last:
-            save("last", state)
+            checkpoint("last")
         reporter.epoch_line(epoch, epochs, parts, time.perf_counter() - t0, note)
         signum = distributed.agree(stop.signum)[0]
         if signum is not None:  # the signal came during the epoch's evaluation or saving

@@ -196,3 +196,35 @@ def test_resume_refusals(dl):
     # Training longer: the finished run continues to the new epoch count in place.
     dl.ok("train", f"trainer.resume={run}", "trainer.epochs=2")
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2 and len(dl.runs()) == 1
+
+
+def test_fp16_grad_scaler_state_goes_into_checkpoints_and_back(monkeypatch, tmp_path):
+    """fp16 (CUDA only) scales the loss; its GradScaler's scale is loop state: saved with every checkpoint and
+    loaded on resume, so a resumed run scales as the uninterrupted one did. Driven in-process on the CPU with a
+    CPU GradScaler standing in for the CUDA one."""
+    from bench.common import build_parts, compose
+    from dlcli.loop import LoopState, fit
+    from dlcli.metrics import MetricsLogger, Reporter, make_console
+
+    cfg = compose(["trainer.epochs=2", "dataset.n_samples=300", "device=cpu"])
+    parts = build_parts(cfg)
+    scalers = []
+
+    def cpu_scaler():
+        scalers.append(torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3))
+        return scalers[-1]
+
+    monkeypatch.setattr(type(parts.runtime), "grad_scaler", lambda self: cpu_scaler())
+    saved = {}
+
+    def save(which, state):
+        saved[which] = LoopState.from_dict(json.loads(json.dumps(state.as_dict(), default=str)))
+
+    args = (parts.task, parts.optimizer, parts.scheduler, parts.interval, parts.runtime, cfg.trainer,
+            MetricsLogger(tmp_path), Reporter(make_console(), enabled=False), save)
+    fit(parts.model, *args, LoopState())
+    grown = scalers[0].state_dict()
+    assert grown["scale"] > 1024.0  # finite steps grew it (every 3 steps): the state worth keeping
+    assert saved["last"].grad_scaler == grown
+    fit(parts.model, *args, LoopState.from_dict({**saved["last"].as_dict(), "epoch": 1}))
+    assert scalers[1].get_scale() > grown["scale"]  # went on from the saved scale (from 1024 it would end at it)
