@@ -103,12 +103,17 @@ def reference_loss(model, centers, contexts, negatives):
     return total
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["cpp", "tensor-ops"])
 @pytest.mark.parametrize("objective", ["skipgram", "cbow"])
-def test_word2vec_written_out_gradient_matches_autograd(objective):
-    from dlcli.models.word2vec import Word2Vec
+def test_word2vec_written_out_gradient_matches_autograd(objective, kernel):
+    """Both ways of computing the loss and its gradient (the fused C++ op on the CPU, the tensor ops used on
+    GPUs and where the op cannot be built) against a pair-by-pair autograd reference."""
+    from dlcli.models.word2vec import Word2Vec, cpu_kernel
 
+    if kernel:
+        assert cpu_kernel() is not None  # CI has a compiler: the op must build
     torch.manual_seed(0)
-    model = Word2Vec(30, 8, objective, negative=5, group=4)
+    model = Word2Vec(30, 8, objective, negative=5, group=4, cpu_kernel=kernel)
     with torch.no_grad():
         model.input.weight.normal_(0, 0.3)
         model.output.weight.normal_(0, 0.3)
@@ -245,3 +250,49 @@ def test_user_errors(dl, tmp_path):
     text.write_text("\n".join(relation_sentences(300, seed=1)))
     res = dl("train", "model=skipgram", "dataset=corpus", f"dataset.path={text}", "trainer.monitor=val/analogy", *FAST)
     assert res.returncode == 2 and "trainer.monitor=val/analogy: this embedding task logs val/loss" in res.stderr
+
+
+def test_sgd_applies_sparse_rows_like_torch_sgd():
+    """dlcli's SGD hands word2vec's sparse gradients to the C++ row update: the same weights as torch's SGD, and a
+    dense parameter in the same optimizer still goes through torch's own step."""
+    from dlcli.models.word2vec import cpu_kernel
+    from dlcli.optim import SGD
+
+    assert cpu_kernel() is not None
+    torch.manual_seed(0)
+    table, dense = torch.randn(50, 8), torch.randn(3)
+    rows = torch.tensor([3, 7, 3, 49, 0, 3])            # repeats add up
+    values = torch.randn(len(rows), 8)
+    results = []
+    for cls in (SGD, torch.optim.SGD):
+        t, w = torch.nn.Parameter(table.clone()), torch.nn.Parameter(dense.clone())
+        opt = cls([t, w], lr=0.1)
+        t.grad = torch.sparse_coo_tensor(rows[None], values, t.shape, check_invariants=True)
+        w.grad = torch.ones(3)
+        opt.step()
+        assert t.grad is not None and t.grad.is_sparse  # left as it was for whoever reads it after the step
+        results.append((t.detach().clone(), w.detach().clone()))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert torch.equal(results[0][1], results[1][1])
+    assert not torch.equal(results[0][0], table)
+
+
+def test_without_a_compiler_the_tensor_ops_train_and_say_so(monkeypatch, capsys):
+    """The C++ op cannot be built (no compiler, no ninja): one line says so and the tensor path is used."""
+    import torch.utils.cpp_extension
+
+    from dlcli.models import word2vec
+
+    def no_compiler(*_a, **_k):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(word2vec, "_KERNEL", None)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    assert word2vec.cpu_kernel() is None and word2vec.built_kernel() is None
+    err = capsys.readouterr().err
+    assert "could not be built (RuntimeError: Ninja is required" in err and "tensor ops" in err
+    model = word2vec.Word2Vec(20, 4, "skipgram", group=4)
+    loss, pairs = model.loss(torch.arange(6), torch.tensor([[1, 2], [0, -1], [-1, -1], [4, 5], [3, -1], [2, 1]]),
+                             torch.randint(0, 20, (4, 3)))
+    loss.backward()
+    assert int(pairs) == 8 and model.input.weight.grad.is_sparse

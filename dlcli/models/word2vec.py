@@ -8,6 +8,8 @@ the loss and its gradient are written out in NegativeSampling below.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,9 +22,11 @@ OBJECTIVES = ("skipgram", "cbow")
 
 
 class Word2Vec(nn.Module):
-    def __init__(self, vocab_size: int, vector_size: int, objective: str, negative: int = 5, group: int = 384):
+    def __init__(self, vocab_size: int, vector_size: int, objective: str, negative: int = 5, group: int = 384,
+                 cpu_kernel: bool = True):
         super().__init__()
         self.objective = objective
+        self.use_cpu_kernel = cpu_kernel  # the fused C++ op on the CPU (compiled on first use); else tensor ops
         self.negative = negative
         self.group = group  # rows sharing one draw of negatives
         self.input = nn.Embedding(vocab_size, vector_size, sparse=True)
@@ -38,6 +42,13 @@ class Word2Vec(nn.Module):
     def loss(self, centers: Tensor, contexts: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
         """(summed negative-sampling loss, number of training pairs: skip-gram (center, context) pairs, cbow
         centers). Only centers with at least one context word train."""
+        w = self.input.weight
+        kernel = cpu_kernel() if self.use_cpu_kernel and w.device.type == "cpu" and w.dtype == torch.float32 else None
+        if kernel is not None:  # the same loss and gradients in one C++ pass (word2vec_kernel.cpp)
+            skipgram = self.objective == "skipgram"
+            inputs, targets = (centers[:, None], contexts) if skipgram else (contexts, centers[:, None])
+            return FusedNegativeSampling.apply(w, self.output.weight, inputs, targets, negatives, self.negative,
+                                               self.group, self.input.sparse, kernel)
         has = (contexts >= 0).any(1)
         centers, contexts = centers[has], contexts[has]
         if self.objective == "skipgram":  # the center's vector predicts each of its context words
@@ -46,11 +57,11 @@ class Word2Vec(nn.Module):
             inputs, targets = contexts, centers[:, None]
         pairs = (targets >= 0).sum()
         if len(centers) == 0:  # every word of a short chunk was subsampled away
-            return self.input.weight[:0].sum(), pairs
+            return w[:0].sum(), pairs
         # a shared negative's update sums over every pair of its group: groups are sized in pairs, not rows
         groups = min(len(negatives), len(centers), -(-int(pairs) // self.group))
-        loss = NegativeSampling.apply(self.input.weight, self.output.weight, inputs, targets, negatives[:groups],
-                                      self.negative, self.input.sparse)
+        loss = NegativeSampling.apply(w, self.output.weight, inputs, targets, negatives[:groups], self.negative,
+                                      self.input.sparse)
         return loss, pairs
 
     def vectors(self) -> Tensor:
@@ -78,13 +89,16 @@ class NegativeSampling(torch.autograd.Function):
         padded = groups * per_group  # padding rows have no inputs and no targets: all their weights are 0
         inputs = F.pad(inputs, (0, 0, 0, padded - rows), value=-1)
         targets = F.pad(targets, (0, 0, 0, padded - rows), value=-1)
-        target_mask = (targets >= 0).to(w_in.dtype)
+        ctx.shapes, ctx.sparse = (w_in.shape, w_out.shape), sparse
         if inputs.shape[1] == 1:
             words, counts = inputs[:, 0].clamp(min=0), None
-            x = w_in.index_select(0, words)
-        else:  # the mean of the row's input words: one fused gather + mean (a padding row is an empty bag: 0)
+        else:
             in_mask = inputs >= 0
             words, counts = inputs[in_mask], in_mask.sum(1)
+        target_mask = (targets >= 0).to(w_in.dtype)
+        if counts is None:
+            x = w_in.index_select(0, words)
+        else:  # the mean of the row's input words: one fused gather + mean (a padding row is an empty bag: 0)
             x = F.embedding_bag(words, w_in, torch.cumsum(counts, 0) - counts, mode="mean")
         out_rows = torch.cat([targets.reshape(-1).clamp(min=0), negatives.reshape(-1)])
         out = w_out.index_select(0, out_rows)
@@ -98,11 +112,21 @@ class NegativeSampling(torch.autograd.Function):
         # d loss / d score for the backward pass: σ(s) - 1 for a target, σ(s) for a negative
         ctx.save_for_backward(x, t, noise, torch.sigmoid(pos).sub_(1).mul_(target_mask),
                               torch.sigmoid(neg).mul_(neg_weight), words, counts, targets, negatives)
-        ctx.shapes, ctx.sparse = (w_in.shape, w_out.shape), sparse
         return loss
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        grad_x, grad_out, in_rows, counts, out_rows = NegativeSampling.gradients(ctx, grad)
+        if counts is None:
+            grad_in = grad_x
+        else:  # every input word of a row gets the row's full gradient (word2vec; gensim's cbow_mean=1)
+            grad_in = torch.repeat_interleave(grad_x, counts, dim=0, output_size=len(in_rows))
+        return (rows_gradient(in_rows, grad_in, ctx.shapes[0], ctx.sparse),
+                rows_gradient(out_rows, grad_out, ctx.shapes[1], ctx.sparse), None, None, None, None, None)
+
+    @staticmethod
+    def gradients(ctx, grad: Tensor) -> tuple[Tensor, ...]:
+        """The tensor path's backward: (grad_x, output rows' gradients, input rows, counts, output rows)."""
         x, t, noise, g_pos, g_neg, in_rows, counts, targets, negatives = ctx.saved_tensors
         g_pos, g_neg = g_pos * grad, g_neg * grad
         (padded, d), (groups, shared, _) = x.shape, noise.shape
@@ -117,12 +141,58 @@ class NegativeSampling(torch.autograd.Function):
         grad_out = x.new_empty(len(out_rows), d)
         torch.mul(g_pos.view(-1)[slots, None], x.index_select(0, slots // targets.shape[1]), out=grad_out[:n_targets])
         torch.bmm(g_neg_grouped.transpose(1, 2), x.view(groups, -1, d), out=grad_out[n_targets:].view(groups, shared, d))
-        if counts is None:
-            grad_in = grad_x
-        else:  # every input word of a row gets the row's full gradient (word2vec; gensim's cbow_mean=1)
-            grad_in = torch.repeat_interleave(grad_x, counts, dim=0, output_size=len(in_rows))
+        return grad_x, grad_out, in_rows, counts, out_rows
+
+
+class FusedNegativeSampling(torch.autograd.Function):
+    """NegativeSampling's loss and gradients from one C++ pass on the CPU (word2vec_kernel.cpp): each row's
+    vectors are read into cache once, scored against its targets and negatives and its gradient rows written out,
+    the groups spread over torch's threads. Returns (loss, pairs) like Word2Vec.loss."""
+
+    @staticmethod
+    def forward(ctx, w_in: Tensor, w_out: Tensor, inputs: Tensor, targets: Tensor, negatives: Tensor, k: int,
+                group: int, sparse: bool, kernel: Any) -> tuple[Tensor, Tensor]:
+        loss, pairs, in_rows, grad_in, out_rows, grad_out = kernel.sgns(w_in, w_out, inputs, targets, negatives,
+                                                                        float(k), int(group))
+        ctx.save_for_backward(in_rows, grad_in, out_rows, grad_out)
+        ctx.shapes, ctx.sparse = (w_in.shape, w_out.shape), sparse
+        ctx.mark_non_differentiable(pairs)
+        return loss, pairs
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _pairs: Tensor):
+        in_rows, grad_in, out_rows, grad_out = ctx.saved_tensors
+        if grad.item() != 1.0:  # the CPU only: no device sync; the loop's loss is the plain sum (gradient 1)
+            grad_in, grad_out = grad_in * grad, grad_out * grad
         return (rows_gradient(in_rows, grad_in, ctx.shapes[0], ctx.sparse),
-                rows_gradient(out_rows, grad_out, ctx.shapes[1], ctx.sparse), None, None, None, None, None)
+                rows_gradient(out_rows, grad_out, ctx.shapes[1], ctx.sparse), None, None, None, None, None, None, None)
+
+
+_KERNEL: Any = None  # the compiled module; False once building it failed
+
+
+def cpu_kernel() -> Any:
+    """word2vec_kernel.cpp, compiled on first use (~25 s, then cached by torch in ~/.cache/torch_extensions);
+    None where it cannot be built (no C++ compiler): the tensor ops then do the same work, slower."""
+    global _KERNEL
+    if _KERNEL is None:
+        try:
+            from torch.utils.cpp_extension import load
+
+            # -fopenmp: at::parallel_for spreads the groups over torch's threads only when built with OpenMP
+            flags = ["-O3", "-fopenmp"] if sys.platform.startswith("linux") else ["-O3"]
+            _KERNEL = load(name="dlcli_word2vec", sources=[str(Path(__file__).with_name("word2vec_kernel.cpp"))],
+                           extra_cflags=flags, extra_ldflags=flags[1:], verbose=False)
+        except Exception as e:  # noqa: BLE001 - any build failure means the same thing: use the tensor ops
+            _KERNEL = False
+            print(f"word2vec: the fused CPU kernel could not be built ({type(e).__name__}: {str(e)[:120]}); "
+                  "training with tensor ops (slower; model.cpu_kernel=false skips the attempt)", file=sys.stderr)
+    return _KERNEL or None
+
+
+def built_kernel() -> Any:
+    """The compiled kernel if a model has built it, else None (never starts a build)."""
+    return _KERNEL or None
 
 
 def rows_gradient(rows: Tensor, values: Tensor, shape: torch.Size, sparse: bool) -> Tensor:
@@ -139,4 +209,4 @@ def build(cfg: Any, meta: dict) -> Word2Vec:
     if not isinstance(size, int) or size < 1:
         raise UserError(f"model.vector_size={size}: a positive integer (word2vec uses 100-300)")
     return Word2Vec(int(meta["vocab_size"]), size, str(cfg.name), negative=int(cfg.negative),
-                    group=int(cfg.negative_group))
+                    group=int(cfg.negative_group), cpu_kernel=bool(cfg.get("cpu_kernel", True)))
