@@ -8,6 +8,7 @@ the loss and its gradient are written out in NegativeSampling below.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,8 @@ def cpu_kernel() -> Any:
         try:
             from torch.utils.cpp_extension import load
 
+            _ninja_on_path()
+
             # -fopenmp: at::parallel_for spreads the groups over torch's threads only when built with OpenMP
             flags = ["-O3", "-fopenmp"] if sys.platform.startswith("linux") else ["-O3"]
             _KERNEL = load(name="dlcli_word2vec", sources=[str(Path(__file__).with_name("word2vec_kernel.cpp"))],
@@ -188,6 +191,20 @@ def cpu_kernel() -> Any:
             print(f"word2vec: the fused CPU kernel could not be built ({type(e).__name__}: {str(e)[:120]}); "
                   "training with tensor ops (slower; model.cpu_kernel=false skips the attempt)", file=sys.stderr)
     return _KERNEL or None
+
+
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH: put the ninja package's binary there (a venv's bin is not on PATH when its
+    `dl` is run without activating it)."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    if not hasattr(ninja, "BIN_DIR"):  # a package named ninja that is not the PyPI one
+        return
+    path = os.environ.get("PATH", "")
+    if ninja.BIN_DIR not in path.split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + (os.pathsep + path if path else "")
 
 
 def built_kernel() -> Any:
