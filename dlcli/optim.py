@@ -38,8 +38,10 @@ class SGD(torch.optim.SGD):
         from dlcli.models.word2vec import built_kernel
 
         kernel = built_kernel()
-        rows = [(p, g["lr"]) for g in self.param_groups if kernel is not None and not g["momentum"]
-                and not g["weight_decay"] and not g["maximize"] for p in g["params"]
+        if kernel is None:
+            return super().step(closure)
+        rows = [(p, g["lr"]) for g in self.param_groups if not g["momentum"] and not g["weight_decay"]
+                and not g["maximize"] for p in g["params"]
                 if p.grad is not None and p.grad.is_sparse and p.device.type == "cpu" and p.dtype == torch.float32]
         for p, lr in rows:
             kernel.add_rows_(p, p.grad._indices()[0], p.grad._values(), -float(lr))

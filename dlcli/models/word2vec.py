@@ -29,7 +29,7 @@ class Word2Vec(nn.Module):
         self.objective = objective
         self.use_cpu_kernel = cpu_kernel  # the fused C++ op on the CPU (compiled on first use); else tensor ops
         self.negative = negative
-        self.group = group  # rows sharing one draw of negatives
+        self.group = group  # training pairs per draw of shared negatives
         self.input = nn.Embedding(vocab_size, vector_size, sparse=True)
         self.output = nn.Embedding(vocab_size, vector_size, sparse=True)
         with torch.no_grad():  # word2vec's initialisation: small uniform word vectors, zero output vectors
@@ -43,24 +43,22 @@ class Word2Vec(nn.Module):
     def loss(self, centers: Tensor, contexts: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
         """(summed negative-sampling loss, number of training pairs: skip-gram (center, context) pairs, cbow
         centers). Only centers with at least one context word train."""
-        w = self.input.weight
-        kernel = cpu_kernel() if self.use_cpu_kernel and w.device.type == "cpu" and w.dtype == torch.float32 else None
-        if kernel is not None:  # the same loss and gradients in one C++ pass (word2vec_kernel.cpp)
-            skipgram = self.objective == "skipgram"
-            inputs, targets = (centers[:, None], contexts) if skipgram else (contexts, centers[:, None])
-            return FusedNegativeSampling.apply(w, self.output.weight, inputs, targets, negatives, self.negative,
-                                               self.group, self.input.sparse, kernel)
-        has = (contexts >= 0).any(1)
-        centers, contexts = centers[has], contexts[has]
         if self.objective == "skipgram":  # the center's vector predicts each of its context words
             inputs, targets = centers[:, None], contexts
         else:  # cbow: the mean of the context vectors predicts the center
             inputs, targets = contexts, centers[:, None]
+        w = self.input.weight
+        kernel = cpu_kernel() if self.use_cpu_kernel and w.device.type == "cpu" and w.dtype == torch.float32 else None
+        if kernel is not None:  # the same loss and gradients in one C++ pass (word2vec_kernel.cpp)
+            return FusedNegativeSampling.apply(w, self.output.weight, inputs, targets, negatives, self.negative,
+                                               self.group, self.input.sparse, kernel)
+        has = (contexts >= 0).any(1)
+        inputs, targets = inputs[has], targets[has]
         pairs = (targets >= 0).sum()
-        if len(centers) == 0:  # every word of a short chunk was subsampled away
+        if len(inputs) == 0:  # every word of a short chunk was subsampled away
             return w[:0].sum(), pairs
         # a shared negative's update sums over every pair of its group: groups are sized in pairs, not rows
-        groups = min(len(negatives), len(centers), -(-int(pairs) // self.group))
+        groups = min(len(negatives), len(inputs), -(-int(pairs) // self.group))
         loss = NegativeSampling.apply(w, self.output.weight, inputs, targets, negatives[:groups], self.negative,
                                       self.input.sparse)
         return loss, pairs
@@ -93,14 +91,12 @@ class NegativeSampling(torch.autograd.Function):
         ctx.shapes, ctx.sparse = (w_in.shape, w_out.shape), sparse
         if inputs.shape[1] == 1:
             words, counts = inputs[:, 0].clamp(min=0), None
-        else:
-            in_mask = inputs >= 0
-            words, counts = inputs[in_mask], in_mask.sum(1)
-        target_mask = (targets >= 0).to(w_in.dtype)
-        if counts is None:
             x = w_in.index_select(0, words)
         else:  # the mean of the row's input words: one fused gather + mean (a padding row is an empty bag: 0)
+            in_mask = inputs >= 0
+            words, counts = inputs[in_mask], in_mask.sum(1)
             x = F.embedding_bag(words, w_in, torch.cumsum(counts, 0) - counts, mode="mean")
+        target_mask = (targets >= 0).to(w_in.dtype)
         out_rows = torch.cat([targets.reshape(-1).clamp(min=0), negatives.reshape(-1)])
         out = w_out.index_select(0, out_rows)
         t = out[:targets.numel()].view(padded, -1, d)                        # [n, targets, d]
@@ -117,17 +113,6 @@ class NegativeSampling(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        grad_x, grad_out, in_rows, counts, out_rows = NegativeSampling.gradients(ctx, grad)
-        if counts is None:
-            grad_in = grad_x
-        else:  # every input word of a row gets the row's full gradient (word2vec; gensim's cbow_mean=1)
-            grad_in = torch.repeat_interleave(grad_x, counts, dim=0, output_size=len(in_rows))
-        return (rows_gradient(in_rows, grad_in, ctx.shapes[0], ctx.sparse),
-                rows_gradient(out_rows, grad_out, ctx.shapes[1], ctx.sparse), None, None, None, None, None)
-
-    @staticmethod
-    def gradients(ctx, grad: Tensor) -> tuple[Tensor, ...]:
-        """The tensor path's backward: (grad_x, output rows' gradients, input rows, counts, output rows)."""
         x, t, noise, g_pos, g_neg, in_rows, counts, targets, negatives = ctx.saved_tensors
         g_pos, g_neg = g_pos * grad, g_neg * grad
         (padded, d), (groups, shared, _) = x.shape, noise.shape
@@ -142,7 +127,12 @@ class NegativeSampling(torch.autograd.Function):
         grad_out = x.new_empty(len(out_rows), d)
         torch.mul(g_pos.view(-1)[slots, None], x.index_select(0, slots // targets.shape[1]), out=grad_out[:n_targets])
         torch.bmm(g_neg_grouped.transpose(1, 2), x.view(groups, -1, d), out=grad_out[n_targets:].view(groups, shared, d))
-        return grad_x, grad_out, in_rows, counts, out_rows
+        if counts is None:
+            grad_in = grad_x
+        else:  # every input word of a row gets the row's full gradient (word2vec; gensim's cbow_mean=1)
+            grad_in = torch.repeat_interleave(grad_x, counts, dim=0, output_size=len(in_rows))
+        return (rows_gradient(in_rows, grad_in, ctx.shapes[0], ctx.sparse),
+                rows_gradient(out_rows, grad_out, ctx.shapes[1], ctx.sparse), None, None, None, None, None)
 
 
 class FusedNegativeSampling(torch.autograd.Function):

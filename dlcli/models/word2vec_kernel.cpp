@@ -29,8 +29,7 @@ static inline void axpy(float a, const float* x, float* y, int64_t d) {
   for (int64_t i = 0; i < d; ++i) y[i] += a * x[i];
 }
 
-// One group of rows (they share the group's negatives). Compiled twice, for AVX2+FMA and for any x86-64/other CPU,
-// the right one picked at load time, so the cached build stays portable.
+// What sgns hands each group: shapes, the kept rows with their output/input slot offsets, tables and outputs.
 struct Batch {
   int64_t m, T, S, d, P, Q;
   const int64_t *rows, *first, *qfirst, *inp, *tgt, *neg;
@@ -40,6 +39,8 @@ struct Batch {
   float ks;
 };
 
+// One group of rows (they share the group's negatives). Compiled twice, for AVX2+FMA and for any x86-64/other CPU,
+// the right one picked at load time, so the cached build stays portable.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=haswell", "default")))
 #endif
