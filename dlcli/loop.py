@@ -169,6 +169,9 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
     log_every = int(tcfg.log_every_n_steps)
     signal_at = _test_signals()
     step = distributed.train_step(model, task)  # task.step; under DDP this rank's slice through DDP
+    # word2vec on the CPU trains itself (its C++ op takes an SGD step per pair): no backward, no optimizer.step()
+    in_place = (task.in_place_training(model, optimizer, tcfg, runtime)
+                if distributed.world_size() == 1 and scaler is None else None)
     # trainer.log_grad_norms: per-layer gradient norms on the steps whose loss is logged (none in between)
     grad_norms = GradNorms(model) if tcfg.get("log_grad_norms", False) else None
     start = time.perf_counter() - state.elapsed
@@ -186,28 +189,35 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
         # non-finite step.
         losses: torch.Tensor | None = None
         done = skip
-        batches = task.batches("train", batch_size, shuffle=True, seed=epoch_seed(int(tcfg.seed), epoch))
+        seed = epoch_seed(int(tcfg.seed), epoch)
+        batches = (in_place.batches(batch_size, seed) if in_place is not None
+                   else task.batches("train", batch_size, shuffle=True, seed=seed))
         with reporter.epoch_progress(epoch, epochs, n_batches) as advance:
             for i, batch in enumerate(itertools.islice(batches, skip, None), start=skip):
-                with runtime.autocast():
-                    loss, stats = step(batch)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
+                norms = None
+                if in_place is not None:
+                    loss, stats = in_place.step(batch)
                 else:
-                    loss.backward()
-                # before clipping: the gradient as the loss made it (read below with the logged loss)
-                norms = grad_norms.compute() if grad_norms is not None and (state.step + 1) % log_every == 0 else None
-                if clip_value:
-                    nn.utils.clip_grad_value_(model.parameters(), clip_value)
-                if clip_norm:
-                    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                    with runtime.autocast():
+                        loss, stats = step(batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                    else:
+                        loss.backward()
+                    # before clipping: the gradient as the loss made it (read below with the logged loss)
+                    if grad_norms is not None and (state.step + 1) % log_every == 0:
+                        norms = grad_norms.compute()
+                    if clip_value:
+                        nn.utils.clip_grad_value_(model.parameters(), clip_value)
+                    if clip_norm:
+                        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                 if scheduler is not None and interval == "step":
                     scheduler.step()
                 if losses is None:  # the loss's own dtype and device: a float64 loss may exceed float32

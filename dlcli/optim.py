@@ -28,33 +28,6 @@ def check_scheduler(sched: Any) -> None:
         raise UserError(f"scheduler.name={sched.name}: no such scheduler{choices(sched.name, SCHEDULERS)}")
 
 
-class SGD(torch.optim.SGD):
-    """torch's SGD, except that a sparse gradient on the CPU (word2vec's tables) in a group without momentum or
-    weight decay is added by word2vec's C++ row update when the model built it: on every thread, in a fixed order
-    (137 vs 280 us for 5k rows of 100 on 2 cores, the same sums)."""
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        from dlcli.models.word2vec import built_kernel
-
-        kernel = built_kernel()
-        if kernel is None:
-            return super().step(closure)
-        rows = [(p, g["lr"]) for g in self.param_groups if not g["momentum"] and not g["weight_decay"]
-                and not g["maximize"] for p in g["params"]
-                if p.grad is not None and p.grad.is_sparse and p.device.type == "cpu" and p.dtype == torch.float32]
-        for p, lr in rows:
-            kernel.add_rows_(p, p.grad._indices()[0], p.grad._values(), -float(lr))
-        held = [(p, p.grad) for p, _ in rows]
-        for p, _ in held:
-            p.grad = None  # done above: the rest of the step skips them
-        try:
-            return super().step(closure)
-        finally:
-            for p, grad in held:
-                p.grad = grad
-
-
 def build_optimizer(cfg: Any, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """Weight decay applies to weight matrices and kernels (ndim >= 2), not to biases or norm scales."""
     check_optimizer(cfg)
@@ -65,7 +38,7 @@ def build_optimizer(cfg: Any, model: nn.Module, device: torch.device) -> torch.o
     groups = [g for g in groups if g["params"]]
     lr = float(cfg.lr)
     if cfg.name == "sgd":
-        return SGD(groups, lr=lr, momentum=float(cfg.momentum), nesterov=bool(cfg.nesterov))
+        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.momentum), nesterov=bool(cfg.nesterov))
     if cfg.name == "adagrad":
         return torch.optim.Adagrad(groups, lr=lr, lr_decay=float(cfg.lr_decay), eps=float(cfg.eps))
     if cfg.name == "rmsprop":

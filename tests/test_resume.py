@@ -102,6 +102,21 @@ def test_signal_finishes_the_step_saves_and_resumes_bit_for_bit(dl, reference, h
     assert_same_run(reference, run)
 
 
+def test_word2vec_trained_in_place_resumes_bit_for_bit(dl, tmp_path):
+    """word2vec on the CPU takes its SGD steps in C++ (no optimizer step): stopped mid-epoch and resumed, it ends
+    as the uninterrupted run (trainer.deterministic: the chunk's pieces in one thread; its draws are seeded)."""
+    args = ["model=skipgram", "dataset.sentences=3000", "trainer.batch_size=512", "trainer.epochs=2",
+            "trainer.log_every_n_steps=1", "trainer.deterministic=true", *FAST]
+    (tmp_path / "reference").mkdir()
+    reference = CLI(tmp_path / "reference")
+    reference.ok("train", *args)
+    res = dl("train", *args, env={"DL_TEST_SIGNAL_AT_STEP": "30"})
+    assert res.returncode == 130, res.stdout + res.stderr
+    run = dl.last_run()
+    dl.ok("train", f"trainer.resume={run}")
+    assert_same_run(reference.last_run(), run)
+
+
 def test_real_ctrl_c_at_a_random_moment_resumes_bit_for_bit(dl, reference):
     delay = random.uniform(0, 0.3)
     for _ in range(4):  # a fast machine may finish first: nothing to resume, so try again sooner

@@ -103,17 +103,14 @@ def reference_loss(model, centers, contexts, negatives):
     return total
 
 
-@pytest.mark.parametrize("kernel", [True, False], ids=["cpp", "tensor-ops"])
 @pytest.mark.parametrize("objective", ["skipgram", "cbow"])
-def test_word2vec_written_out_gradient_matches_autograd(objective, kernel):
-    """Both ways of computing the loss and its gradient (the fused C++ op on the CPU, the tensor ops used on
-    GPUs and where the op cannot be built) against a pair-by-pair autograd reference."""
-    from dlcli.models.word2vec import Word2Vec, cpu_kernel
+def test_word2vec_written_out_gradient_matches_autograd(objective):
+    """The batched path (GPUs, DDP, other optimizers) computes the loss and its sparse gradient with tensor ops
+    written out by hand: against a pair-by-pair autograd reference."""
+    from dlcli.models.word2vec import Word2Vec
 
-    if kernel:
-        assert cpu_kernel() is not None  # CI has a compiler: the op must build
     torch.manual_seed(0)
-    model = Word2Vec(30, 8, objective, negative=5, group=4, cpu_kernel=kernel)
+    model = Word2Vec(30, 8, objective, negative=5, group=4)
     with torch.no_grad():
         model.input.weight.normal_(0, 0.3)
         model.output.weight.normal_(0, 0.3)
@@ -252,33 +249,108 @@ def test_user_errors(dl, tmp_path):
     assert res.returncode == 2 and "trainer.monitor=val/analogy: this embedding task logs val/loss" in res.stderr
 
 
-def test_sgd_applies_sparse_rows_like_torch_sgd():
-    """dlcli's SGD hands word2vec's sparse gradients to the C++ row update: the same weights as torch's SGD, and a
-    dense parameter in the same optimizer still goes through torch's own step."""
+def kernel():
     from dlcli.models.word2vec import cpu_kernel
-    from dlcli.optim import SGD
 
-    assert cpu_kernel() is not None
+    k = cpu_kernel()
+    assert k is not None  # CI has a compiler: the op must build
+    return k
+
+
+def word2vec_by_hand(w_in, w_out, ids, sent, cbow, negatives, noise_word, alpha):
+    """word2vec's SGD written pair by pair in float64 (window 1, every negative `noise_word`): the C tool's and
+    gensim's order of updates. Returns (loss, pairs)."""
+    loss, pairs = 0.0, 0
+    for i, center in enumerate(ids):
+        contexts = [ids[j] for j in (i - 1, i + 1) if 0 <= j < len(ids) and sent[j] == sent[i]]
+        inputs = [contexts] if cbow else [[c] for c in contexts]
+        for words in inputs:
+            if not words:
+                continue
+            x = w_in[words].mean(0)
+            grad = torch.zeros_like(x)
+            for t, label in [(center, 1.0)] + [(noise_word, 0.0)] * negatives:
+                if label == 0.0 and t == center:
+                    continue  # a negative equal to the target is skipped
+                f = float(x @ w_out[t])
+                loss -= float(torch.nn.functional.logsigmoid(torch.tensor(f if label else -f)))
+                g = (label - 1 / (1 + torch.exp(torch.tensor(-f)))) * alpha
+                grad += g * w_out[t]
+                w_out[t] += g * x
+            for w in words:
+                w_in[w] += grad
+            pairs += 1
+    return loss, pairs
+
+
+@pytest.mark.parametrize("objective", ["skipgram", "cbow"])
+def test_in_place_training_takes_word2vecs_steps_pair_by_pair(objective):
+    """The C++ trainer used on the CPU updates the tables exactly as word2vec does, step after step (a
+    sentence boundary stops the window; a negative equal to the center is skipped)."""
+    k = kernel()
     torch.manual_seed(0)
-    table, dense = torch.randn(50, 8), torch.randn(3)
-    rows = torch.tensor([3, 7, 3, 49, 0, 3])            # repeats add up
-    values = torch.randn(len(rows), 8)
-    results = []
-    for cls in (SGD, torch.optim.SGD):
-        t, w = torch.nn.Parameter(table.clone()), torch.nn.Parameter(dense.clone())
-        opt = cls([t, w], lr=0.1)
-        t.grad = torch.sparse_coo_tensor(rows[None], values, t.shape, check_invariants=True)
-        w.grad = torch.ones(3)
-        opt.step()
-        assert t.grad is not None and t.grad.is_sparse  # left as it was for whoever reads it after the step
-        results.append((t.detach().clone(), w.detach().clone()))
-    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
-    assert torch.equal(results[0][1], results[1][1])
-    assert not torch.equal(results[0][0], table)
+    w_in, w_out = torch.randn(6, 8) * 0.3, torch.randn(6, 8) * 0.3
+    ids = torch.tensor([0, 1, 5, 3, 1, 4, 2, 5])
+    sent = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2])      # the last word is a sentence alone: no context
+    noise = torch.tensor([0.0, 0, 0, 0, 0, 1])        # every negative is word 5
+    prob, alias = k.alias_table(noise)
+    expect_in, expect_out = w_in.double(), w_out.double()
+    expect_loss, expect_pairs = word2vec_by_hand(expect_in, expect_out, ids.tolist(), sent.tolist(),
+                                                 objective == "cbow", 2, 5, 0.1)
+    loss, loss_sum, pairs, kept = k.train_chunk(w_in, w_out, ids, sent, torch.ones(6), prob, alias, 1, 2,
+                                                objective == "cbow", 0.1, 123, 1)
+    assert int(kept) == 8 and int(pairs) == expect_pairs == (10 if objective == "skipgram" else 7)
+    assert float(loss_sum) == pytest.approx(expect_loss, rel=1e-5)
+    assert float(loss) == pytest.approx(expect_loss / expect_pairs, rel=1e-5)
+    assert torch.allclose(w_in.double(), expect_in, atol=1e-6)
+    assert torch.allclose(w_out.double(), expect_out, atol=1e-6)
 
 
-def test_without_a_compiler_the_tensor_ops_train_and_say_so(monkeypatch, capsys):
-    """The C++ op cannot be built (no compiler, no ninja): one line says so and the tensor path is used."""
+def test_in_place_draws_negatives_subsampling_and_windows_with_the_right_shape():
+    k = kernel()
+    counts = torch.tensor([8000.0, 4000, 1000, 100, 10, 1])
+    prob, alias = k.alias_table(counts ** 0.75)
+    freq = torch.bincount(k.draw_alias(prob, alias, 400_000, 1), minlength=6).double() / 400_000
+    expect = (counts ** 0.75).double() / (counts ** 0.75).sum()
+    assert torch.allclose(freq, expect, atol=3e-3), (freq, expect)
+    # subsampling: the words kept match the keep probabilities
+    task = tiny_task([20_000, 2_000, 500, 50], sample=1e-2)
+    ids, sent = task.splits["train"]
+    w_in, w_out = torch.zeros(4, 4), torch.zeros(4, 4)
+    kept = sum(int(k.train_chunk(w_in, w_out, ids, sent, task.keep_prob.float(), prob[:4], alias[:4].clamp(max=3),
+                                 3, 1, True, 0.0, seed, 2)[3]) for seed in range(5)) / 5
+    assert kept == pytest.approx(float(task.keep_prob.clamp(max=1)[ids].sum()), rel=0.01)
+    # dynamic window: reach uniform on 1..4, so a word inside a long sentence has 2 * 2.5 context words on average
+    ids = torch.randint(0, 4, (20_000,), generator=torch.Generator().manual_seed(0))
+    _, _, pairs, _ = k.train_chunk(w_in, w_out, ids, torch.zeros_like(ids), torch.ones(4), prob[:4],
+                                   alias[:4].clamp(max=3), 4, 1, False, 0.0, 7, 2)
+    assert int(pairs) / 20_000 == pytest.approx(5.0, rel=0.02)
+
+
+def in_place_for(overrides: list[str]):
+    from dlcli.app import compose_jobs
+    from dlcli.data import build_task
+    from dlcli.models import build_model
+    from dlcli.optim import build_optimizer
+    from dlcli.runtime import setup
+
+    (cfg,) = compose_jobs(["model=skipgram", "dataset.sentences=200", "device=cpu", *overrides], multirun=False)
+    runtime = setup(cfg)
+    task = build_task(cfg.dataset, cfg.loss, runtime.device)
+    model = build_model(cfg.model, task.meta)
+    return task.in_place_training(model, build_optimizer(cfg.optimizer, model, runtime.device), cfg.trainer,
+                                  runtime)
+
+
+def test_in_place_training_only_when_the_run_is_plain_sgd_on_the_cpu():
+    assert in_place_for([]) is not None
+    for overrides in (["model.cpu_kernel=false"], ["optimizer.momentum=0.9"], ["trainer.clip_grad_norm=1.0"],
+                      ["optimizer=adagrad"], ["trainer.precision=bf16"]):
+        assert in_place_for(overrides) is None, overrides
+
+
+def test_without_a_compiler_batched_gradients_train_and_say_so(monkeypatch, capsys):
+    """The C++ trainer cannot be built (no compiler, no ninja): one line says so and batched gradients train."""
     import torch.utils.cpp_extension
 
     from dlcli.models import word2vec
@@ -288,11 +360,6 @@ def test_without_a_compiler_the_tensor_ops_train_and_say_so(monkeypatch, capsys)
 
     monkeypatch.setattr(word2vec, "_KERNEL", None)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
-    assert word2vec.cpu_kernel() is None and word2vec.built_kernel() is None
+    assert in_place_for([]) is None
     err = capsys.readouterr().err
-    assert "could not be built (RuntimeError: Ninja is required" in err and "tensor ops" in err
-    model = word2vec.Word2Vec(20, 4, "skipgram", group=4)
-    loss, pairs = model.loss(torch.arange(6), torch.tensor([[1, 2], [0, -1], [-1, -1], [4, 5], [3, -1], [2, 1]]),
-                             torch.randint(0, 20, (4, 3)))
-    loss.backward()
-    assert int(pairs) == 8 and model.input.weight.grad.is_sparse
+    assert "could not be built (RuntimeError: Ninja is required" in err and "batched tensor ops" in err

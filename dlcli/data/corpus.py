@@ -3,8 +3,9 @@ the Project Gutenberg corpus, any text file.
 
 A corpus becomes one stream of word ids (words rarer than min_count removed, as word2vec does) plus a sentence id
 per token; lines are sentences, cut every 10,000 words as gensim does. Val/test are whole sentences drawn with a seed.
-Batches are built with tensor ops (see EmbeddingTask.batches): subsampling, dynamic windows and negatives are drawn
-for a whole chunk of the stream at once, on the task's device.
+On the CPU, word2vec trains in place in C++ (EmbeddingTask.in_place_training): the op draws subsampling, windows
+and negatives itself. Elsewhere batches are built with tensor ops (EmbeddingTask.batches): subsampling, dynamic
+windows and negatives drawn for a whole chunk of the stream at once, on the task's device.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class EmbeddingTask(Task):
         if self.negative < 1:
             raise UserError(f"model.negative={cfg.negative}: must be >= 1 (negative sampling)")
         self.keep_prob = keep_probabilities(counts, float(cfg.sample)).float()
+        self.noise_weights = counts.pow(float(cfg.get("ns_exponent", 0.75)))
         self.noise_cdf = noise_cdf(counts, float(cfg.get("ns_exponent", 0.75)))
         self.questions = questions or []
         self.similarity = similarity or []
@@ -177,6 +179,27 @@ class EmbeddingTask(Task):
         u = torch.rand(groups, self.shared, generator=gen, device=ids.device, dtype=torch.float64)
         negatives = torch.searchsorted(self.noise_cdf, u).clamp_(max=len(self.noise_cdf) - 1)
         return ids, contexts, negatives
+
+    def in_place_training(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tcfg: Any,
+                          runtime: Any) -> Any:
+        """word2vec's own pair-by-pair SGD in C++ (models/word2vec.py, InPlaceTraining) when the run asks for what
+        it computes: the CPU in fp32, plain SGD (no momentum, weight decay or maximize), no gradient clipping, one
+        process, the op built. Otherwise None: batched gradients and the optimizer, as for every other model."""
+        from dlcli.models.word2vec import InPlaceTraining, cpu_kernel
+
+        weights = (model.input.weight, model.output.weight)
+        if not (getattr(model, "use_cpu_kernel", False) and self.device.type == "cpu"
+                and runtime.precision == "fp32" and all(w.dtype == torch.float32 for w in weights)
+                and not tcfg.get("clip_grad_norm") and not tcfg.get("clip_grad_value")
+                and type(optimizer) is torch.optim.SGD
+                and all(not g["momentum"] and not g["weight_decay"] and not g["maximize"]
+                        for g in optimizer.param_groups)):
+            return None
+        kernel = cpu_kernel()
+        if kernel is None:
+            return None
+        return InPlaceTraining(model, kernel, self.splits["train"], self.keep_prob, self.noise_weights, self.window,
+                               optimizer, bool(tcfg.get("deterministic", False)))
 
     def step(self, model: torch.nn.Module, batch: tuple) -> tuple[Tensor, dict[str, Tensor]]:
         loss_sum, pairs = model.loss(*batch)

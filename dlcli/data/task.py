@@ -56,6 +56,12 @@ class Task:
     def example_input(self, n: int = 2) -> Tensor:
         return self.splits["train"][0][:n]
 
+    def in_place_training(self, model: nn.Module, optimizer: torch.optim.Optimizer, tcfg: Any,
+                          runtime: Any) -> Any:
+        """An object whose step(batch) trains the model itself, and batches(batch_size, seed) to feed it
+        (word2vec on the CPU); None: the loop's backward and optimizer step."""
+        return None
+
     # per kind -------------------------------------------------------------------------------------------------------
     def step(self, model: nn.Module, batch: tuple) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError

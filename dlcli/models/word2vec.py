@@ -1,15 +1,21 @@
 """word2vec (Mikolov et al. 2013): skip-gram and CBOW with negative sampling, as in the original C tool and gensim.
 
 Two tables: `input` holds the word vectors (word2vec's syn0, what is exported), `output` the vectors words have as
-prediction targets (syn1neg, zero at the start). Their gradients are sparse, so an SGD step touches only the rows a
-batch used. A batch (dlcli/data/corpus.py) is centers [n], contexts [n, 2*window] (-1: none) and negatives [G, S];
-the loss and its gradient are written out in NegativeSampling below.
+prediction targets (syn1neg, zero at the start).
+
+Two ways to train them:
+- on the CPU (model.cpu_kernel, the default), InPlaceTraining: word2vec's own algorithm in C++ (word2vec_kernel.cpp),
+  an SGD step per pair written straight into the tables, as the C tool and gensim do;
+- elsewhere (GPUs, DDP, other optimizers, clipping), batched gradients: a batch (dlcli/data/corpus.py) is centers
+  [n], contexts [n, 2*window] (-1: none) and negatives [G, S]; the loss and its sparse gradient are written out in
+  NegativeSampling below, and the loop's optimizer takes the step.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,7 @@ class Word2Vec(nn.Module):
                  cpu_kernel: bool = True):
         super().__init__()
         self.objective = objective
-        self.use_cpu_kernel = cpu_kernel  # the fused C++ op on the CPU (compiled on first use); else tensor ops
+        self.use_cpu_kernel = cpu_kernel  # train in place with the C++ op on the CPU (compiled on first use)
         self.negative = negative
         self.group = group  # training pairs per draw of shared negatives
         self.input = nn.Embedding(vocab_size, vector_size, sparse=True)
@@ -48,10 +54,6 @@ class Word2Vec(nn.Module):
         else:  # cbow: the mean of the context vectors predicts the center
             inputs, targets = contexts, centers[:, None]
         w = self.input.weight
-        kernel = cpu_kernel() if self.use_cpu_kernel and w.device.type == "cpu" and w.dtype == torch.float32 else None
-        if kernel is not None:  # the same loss and gradients in one C++ pass (word2vec_kernel.cpp)
-            return FusedNegativeSampling.apply(w, self.output.weight, inputs, targets, negatives, self.negative,
-                                               self.group, self.input.sparse, kernel)
         has = (contexts >= 0).any(1)
         inputs, targets = inputs[has], targets[has]
         pairs = (targets >= 0).sum()
@@ -65,6 +67,45 @@ class Word2Vec(nn.Module):
 
     def vectors(self) -> Tensor:
         return self.input.weight.detach()
+
+
+class InPlaceTraining:
+    """word2vec's own training on the CPU (word2vec_kernel.cpp): for each chunk of the corpus the C++ op draws the
+    subsampling, dynamic windows and negatives (k per pair, from unigram^ns_exponent) and takes an SGD step per pair
+    straight in the tables, at the optimizer's current lr (the linear schedule still sets it every step); the chunk's
+    pieces train at once on torch's threads (one piece under trainer.deterministic). No gradient, no
+    optimizer.step(): the loop calls step() instead (EmbeddingTask.in_place_training decides when)."""
+
+    def __init__(self, model: Word2Vec, kernel: Any, split: tuple[Tensor, Tensor], keep_prob: Tensor,
+                 noise_weights: Tensor, window: int, optimizer: torch.optim.Optimizer, deterministic: bool):
+        self.model, self.kernel = model, kernel
+        self.tables = (model.input.weight.detach(), model.output.weight.detach())  # views: the op writes in place
+        self.ids, self.sent = split
+        self.keep_prob = keep_prob.float().contiguous()
+        self.noise_prob, self.noise_alias = kernel.alias_table(noise_weights)
+        self.window = window
+        self.group = next(g for g in optimizer.param_groups if any(p is model.input.weight for p in g["params"]))
+        self.deterministic = deterministic
+        # the optimizer takes no step of its own here; torch's scheduler warns once unless told its steps are in order
+        optimizer._opt_called = True
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """Chunks of batch_size corpus words in a seeded order (a chunk keeps the text's order: windows need it),
+        each with its own seed for the op's draws."""
+        starts = torch.arange(0, len(self.ids), batch_size)
+        starts = starts[torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))].tolist()
+        for s in starts:
+            yield self.ids[s:s + batch_size], self.sent[s:s + batch_size], (seed * 1_000_003 + s) % 2**62
+
+    def step(self, batch: tuple[Tensor, Tensor, int]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Trains on one chunk; (mean loss per pair, summed stats) as EmbeddingTask.step returns them."""
+        ids, sent, seed = batch
+        m = self.model
+        pieces = 1 if self.deterministic else torch.get_num_threads()
+        loss, loss_sum, pairs, _kept = self.kernel.train_chunk(
+            *self.tables, ids, sent, self.keep_prob, self.noise_prob, self.noise_alias, self.window, m.negative,
+            m.objective == "cbow", float(self.group["lr"]), seed, pieces)
+        return loss, {"loss_sum": loss_sum, "pairs": pairs}
 
 
 class NegativeSampling(torch.autograd.Function):
@@ -135,36 +176,12 @@ class NegativeSampling(torch.autograd.Function):
                 rows_gradient(out_rows, grad_out, ctx.shapes[1], ctx.sparse), None, None, None, None, None)
 
 
-class FusedNegativeSampling(torch.autograd.Function):
-    """NegativeSampling's loss and gradients from one C++ pass on the CPU (word2vec_kernel.cpp): each row's
-    vectors are read into cache once, scored against its targets and negatives and its gradient rows written out,
-    the groups spread over torch's threads. Returns (loss, pairs) like Word2Vec.loss."""
-
-    @staticmethod
-    def forward(ctx, w_in: Tensor, w_out: Tensor, inputs: Tensor, targets: Tensor, negatives: Tensor, k: int,
-                group: int, sparse: bool, kernel: Any) -> tuple[Tensor, Tensor]:
-        loss, pairs, in_rows, grad_in, out_rows, grad_out = kernel.sgns(w_in, w_out, inputs, targets, negatives,
-                                                                        float(k), int(group))
-        ctx.save_for_backward(in_rows, grad_in, out_rows, grad_out)
-        ctx.shapes, ctx.sparse = (w_in.shape, w_out.shape), sparse
-        ctx.mark_non_differentiable(pairs)
-        return loss, pairs
-
-    @staticmethod
-    def backward(ctx, grad: Tensor, _pairs: Tensor):
-        in_rows, grad_in, out_rows, grad_out = ctx.saved_tensors
-        if grad.item() != 1.0:  # the CPU only: no device sync; the loop's loss is the plain sum (gradient 1)
-            grad_in, grad_out = grad_in * grad, grad_out * grad
-        return (rows_gradient(in_rows, grad_in, ctx.shapes[0], ctx.sparse),
-                rows_gradient(out_rows, grad_out, ctx.shapes[1], ctx.sparse), None, None, None, None, None, None, None)
-
-
 _KERNEL: Any = None  # the compiled module; False once building it failed
 
 
 def cpu_kernel() -> Any:
     """word2vec_kernel.cpp, compiled on first use (~25 s, then cached by torch in ~/.cache/torch_extensions);
-    None where it cannot be built (no C++ compiler): the tensor ops then do the same work, slower."""
+    None where it cannot be built (no C++ compiler): batched gradients then train the model, slower."""
     global _KERNEL
     if _KERNEL is None:
         try:
@@ -172,14 +189,15 @@ def cpu_kernel() -> Any:
 
             _ninja_on_path()
 
-            # -fopenmp: at::parallel_for spreads the groups over torch's threads only when built with OpenMP
+            # -fopenmp: at::parallel_for spreads a chunk's pieces over torch's threads only when built with OpenMP
             flags = ["-O3", "-fopenmp"] if sys.platform.startswith("linux") else ["-O3"]
             _KERNEL = load(name="dlcli_word2vec", sources=[str(Path(__file__).with_name("word2vec_kernel.cpp"))],
                            extra_cflags=flags, extra_ldflags=flags[1:], verbose=False)
         except Exception as e:  # noqa: BLE001 - any build failure means the same thing: use the tensor ops
             _KERNEL = False
-            print(f"word2vec: the fused CPU kernel could not be built ({type(e).__name__}: {str(e)[:120]}); "
-                  "training with tensor ops (slower; model.cpu_kernel=false skips the attempt)", file=sys.stderr)
+            print(f"word2vec: the C++ CPU trainer could not be built ({type(e).__name__}: {str(e)[:120]}); "
+                  "training with batched tensor ops (slower; model.cpu_kernel=false skips the attempt)",
+                  file=sys.stderr)
     return _KERNEL or None
 
 
@@ -195,11 +213,6 @@ def _ninja_on_path() -> None:
     path = os.environ.get("PATH", "")
     if ninja.BIN_DIR not in path.split(os.pathsep):
         os.environ["PATH"] = ninja.BIN_DIR + (os.pathsep + path if path else "")
-
-
-def built_kernel() -> Any:
-    """The compiled kernel if a model has built it, else None (never starts a build)."""
-    return _KERNEL or None
 
 
 def rows_gradient(rows: Tensor, values: Tensor, shape: torch.Size, sparse: bool) -> Tensor:

@@ -1,9 +1,12 @@
-// word2vec negative sampling on the CPU: scores and gradients fused per row, the rows' vectors read once into
-// cache (dlcli/models/word2vec.py, NegativeSampling; the same math as its tensor path, checked against it in the tests).
-// Compiled on first use by torch.utils.cpp_extension (model.cpu_kernel=false: tensor ops only).
+// word2vec on the CPU, as the original C tool and gensim train it: pair after pair, each SGD step written straight
+// into the tables (dlcli/models/word2vec.py, InPlaceTraining; the batched gradient of the same loss, used on GPUs and
+// under DDP, is NegativeSampling there). Compiled on first use by torch.utils.cpp_extension (model.cpu_kernel=false:
+// never). A chunk is split into pieces trained at once on torch's threads (Hogwild, as both tools do); subsampling,
+// dynamic windows and negatives are drawn here from a seed, so a chunk's draws do not depend on timing.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <cstdint>
 #include <algorithm>
 #include <vector>
 
@@ -17,10 +20,13 @@ struct LogProduct {
   double log() const { return logs + std::log(p); }
 };
 static inline float dot(const float* a, const float* b, int64_t d) {
-  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // 8 lanes: vectorizes without -ffast-math
+  float acc[16] = {0.f};  // 16 lanes (two AVX registers): vectorizes without -ffast-math, hides FMA latency
   int64_t i = 0;
+  for (; i + 16 <= d; i += 16)
+    for (int l = 0; l < 16; ++l) acc[l] += a[i + l] * b[i + l];
   for (; i + 8 <= d; i += 8)
     for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  for (int l = 0; l < 8; ++l) acc[l] += acc[l + 8];
   float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
   for (; i < d; ++i) s += a[i] * b[i];
   return s;
@@ -29,164 +35,197 @@ static inline void axpy(float a, const float* x, float* y, int64_t d) {
   for (int64_t i = 0; i < d; ++i) y[i] += a * x[i];
 }
 
-// What sgns hands each group: shapes, the kept rows with their output/input slot offsets, tables and outputs.
-struct Batch {
-  int64_t m, T, S, d, P, Q;
-  const int64_t *rows, *first, *qfirst, *inp, *tgt, *neg;
-  const float *win, *wout;
-  float *xbuf, *gx, *gin, *gout;
-  int64_t *inrow, *orow;
-  float ks;
+// splitmix64: a small, fast generator; one stream per piece of a chunk
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed) {}
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  float uniform() { return static_cast<float>(next() >> 40) * (1.0f / 16777216.0f); }  // [0, 1)
+  int64_t below(int64_t n) { return static_cast<int64_t>(((next() >> 32) * static_cast<uint64_t>(n)) >> 32); }
 };
 
-// One group of rows (they share the group's negatives). Compiled twice, for AVX2+FMA and for any x86-64/other CPU,
-// the right one picked at load time, so the cached build stays portable.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=haswell", "default")))
-#endif
-static double group(const Batch& b, int64_t g, int64_t lo, int64_t hi) {
-  const int64_t m = b.m, T = b.T, S = b.S, d = b.d;
-  double loss = 0.0;
-  float* gneg = b.gout + (b.P + g * S) * d;  // this group's negatives' gradients (the targets' are written whole)
-  std::fill(gneg, gneg + S * d, 0.f);
-  for (int64_t s = 0; s < S; ++s) b.orow[b.P + g * S + s] = b.neg[g * S + s];
-  for (int64_t i = lo; i < hi; ++i) {
-    const int64_t r = b.rows[i];
-    float* x = b.xbuf + i * d;
-    float* gx = b.gx + i * d;
-    std::fill(x, x + d, 0.f);  // zeroed here, by the thread about to use them, not by a pass over all rows
-    std::fill(gx, gx + d, 0.f);
-    int64_t cnt = 0;
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t w = b.inp[r * m + j];
-      if (w >= 0) { axpy(1.f, b.win + w * d, x, d); ++cnt; }
-    }
-    if (cnt > 1) for (int64_t j = 0; j < d; ++j) x[j] /= cnt;
-    int64_t slot = b.first[i], count = 0;
-    // -log sigmoid terms as the log of a product (two logs a row instead of one a score); |z| > 30 in closed form
-    LogProduct pos_terms, neg_terms;
-    double extra = 0.0, rare = 0.0;
-    for (int64_t j = 0; j < T; ++j) {
-      const int64_t t = b.tgt[r * T + j];
-      if (t < 0) continue;
-      ++count;
-      const float* v = b.wout + t * d;
-      const float z = dot(x, v, d);
-      float gp;  // d/dz of -log sigmoid(z) = sigmoid(z) - 1
-      if (z < -30.f) { gp = -1.f; extra -= z; }
-      else if (z > 30.f) { gp = 0.f; }
-      else { const float e = std::exp(-z); gp = -e / (1.f + e); pos_terms.times(1.0 + e); }
-      axpy(gp, v, gx, d);
-      float* gt = b.gout + slot * d;
-      for (int64_t k = 0; k < d; ++k) gt[k] = gp * x[k];
-      b.orow[slot++] = t;
-    }
-    for (int64_t s = 0; s < S; ++s) {
-      const int64_t w = b.neg[g * S + s];
-      int64_t own = 0;  // a negative equal to a target is skipped for that pair (word2vec)
-      for (int64_t j = 0; j < T; ++j) own += b.tgt[r * T + j] == w;
-      if (own == count) continue;
-      const float weight = (count - own) * b.ks;
-      const float* v = b.wout + w * d;
-      const float z = dot(x, v, d);
-      float gn;  // weight * d/dz of -log sigmoid(-z) = weight * sigmoid(z)
-      if (z > 30.f) { gn = weight; extra += weight * z; }
-      else if (z < -30.f) { gn = 0.f; }
-      else {
-        const float e = std::exp(z);
-        gn = weight * e / (1.f + e);
-        if (own == 0) neg_terms.times(1.0 + e);
-        else rare += weight * std::log1p(static_cast<double>(e));
-      }
-      axpy(gn, v, gx, d);
-      axpy(gn, x, gneg + s * d, d);
-    }
-    loss += pos_terms.log() + count * b.ks * neg_terms.log() + rare + extra;
-    // each input word of the row gets the row's whole gradient (cbow: the mean's, as word2vec and gensim do)
-    int64_t q = b.qfirst[i];
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t w = b.inp[r * m + j];
-      if (w < 0) continue;
-      b.inrow[q] = w;
-      std::copy(gx, gx + d, b.gin + q * d);
-      ++q;
-    }
+// Walker's alias method: a draw from V outcomes in O(1) (a slot, then it or its alias), tables of V entries that stay
+// in cache (word2vec's 1e8-entry unigram table would not).
+struct Alias {
+  const float* prob;
+  const int32_t* alias;
+  int64_t n;
+  int64_t draw(Rng& r) const {
+    const uint64_t z = r.next();
+    const int64_t i = static_cast<int64_t>(((z >> 32) * static_cast<uint64_t>(n)) >> 32);
+    const float u = static_cast<float>(z & 0xffffff) * (1.0f / 16777216.0f);
+    return u < prob[i] ? i : alias[i];
   }
-  return loss;
-}
+};
 
-// inputs [n, m] (-1 none; one word: its vector, more: their mean), targets [n, T] (-1 none), negatives [G_max, S].
-// Rows with no input or no target are skipped; the rest form groups of about `group` pairs, each sharing one row of
-// negatives. Returns the summed loss, the number of pairs, the input rows with their gradients and the output rows
-// (real targets, then the negatives) with theirs.
-std::vector<torch::Tensor> sgns(torch::Tensor w_in, torch::Tensor w_out, torch::Tensor inputs, torch::Tensor targets,
-                                torch::Tensor negatives, double k, int64_t group_pairs) {
-  TORCH_CHECK(w_in.is_contiguous() && w_out.is_contiguous() && w_in.scalar_type() == torch::kFloat32, "tables");
-  inputs = inputs.contiguous(); targets = targets.contiguous(); negatives = negatives.contiguous();
-  const int64_t n = targets.size(0), T = targets.size(1), m = inputs.size(1), d = w_in.size(1);
-  const int64_t S = negatives.size(1);
-  const int64_t* inp = inputs.data_ptr<int64_t>();
-  const int64_t* tgt = targets.data_ptr<int64_t>();
-  std::vector<int64_t> rows, first(1, 0), qfirst(1, 0);
-  for (int64_t r = 0; r < n; ++r) {
-    int64_t c = 0, q = 0;
-    for (int64_t j = 0; j < T; ++j) c += tgt[r * T + j] >= 0;
-    for (int64_t j = 0; j < m; ++j) q += inp[r * m + j] >= 0;
-    if (c == 0 || q == 0) continue;
-    rows.push_back(r);
-    first.push_back(first.back() + c);
-    qfirst.push_back(qfirst.back() + q);
-  }
-  const int64_t R = rows.size(), P = first.back(), Q = qfirst.back();
-  const int64_t G = R == 0 ? 0 : std::min({negatives.size(0), R, (P + group_pairs - 1) / group_pairs});
-  const int64_t per = G == 0 ? 0 : (R + G - 1) / G;
-  auto opts = w_in.options();
-  auto grad_in = torch::empty({Q, d}, opts);
-  auto in_rows = torch::empty({Q}, inputs.options());
-  auto grad_out = torch::empty({P + G * S, d}, opts);
-  auto out_rows = torch::empty({P + G * S}, inputs.options());
-  auto xbuf = torch::empty({R, d}, opts);
-  auto gx = torch::empty({R, d}, opts);
-  Batch b{m, T, S, d, P, Q, rows.data(), first.data(), qfirst.data(), inp, tgt, negatives.data_ptr<int64_t>(),
-          w_in.data_ptr<float>(), w_out.data_ptr<float>(), xbuf.data_ptr<float>(), gx.data_ptr<float>(),
-          grad_in.data_ptr<float>(), grad_out.data_ptr<float>(), in_rows.data_ptr<int64_t>(),
-          out_rows.data_ptr<int64_t>(), static_cast<float>(k / S)};
-  std::vector<double> loss_of(G, 0.0);
-  at::parallel_for(0, G, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) loss_of[g] = group(b, g, g * per, std::min((g + 1) * per, R));
-  });
+// weights [V] (any scale) -> (prob float32 [V], alias int32 [V]) by Vose's method
+std::vector<torch::Tensor> alias_table(torch::Tensor weights) {
+  auto w = weights.to(torch::kFloat64).contiguous();
+  const int64_t n = w.size(0);
+  const double* p = w.data_ptr<double>();
   double total = 0.0;
-  for (double l : loss_of) total += l;
-  // a diverged run's loss may leave float's range: inf, which the loop reports, not a conversion error here
-  return {torch::scalar_tensor(total, torch::kFloat64).to(torch::kFloat32),
-          torch::scalar_tensor(P, inputs.options()), in_rows, grad_in, out_rows, grad_out};
+  for (int64_t i = 0; i < n; ++i) total += p[i];
+  TORCH_CHECK(n > 0 && total > 0, "alias_table: weights must have a positive sum");
+  std::vector<double> scaled(n);
+  std::vector<int64_t> small, large;
+  for (int64_t i = 0; i < n; ++i) {
+    scaled[i] = p[i] * n / total;
+    (scaled[i] < 1.0 ? small : large).push_back(i);
+  }
+  auto prob = torch::ones({n}, torch::kFloat32);
+  auto alias = torch::arange(n, torch::kInt32);
+  float* pr = prob.data_ptr<float>();
+  int32_t* al = alias.data_ptr<int32_t>();
+  while (!small.empty() && !large.empty()) {
+    const int64_t s = small.back(), l = large.back();
+    small.pop_back();
+    pr[s] = static_cast<float>(scaled[s]);
+    al[s] = static_cast<int32_t>(l);
+    scaled[l] -= 1.0 - scaled[s];
+    if (scaled[l] < 1.0) { large.pop_back(); small.push_back(l); }
+  }
+  return {prob, alias};  // what is left in either list keeps probability 1 (rounding)
 }
 
-// table[rows[i]] += alpha * values[i] for every i (repeats add up): a sparse SGD step. Each thread owns the rows
-// whose 16-row block falls to it and applies its entries in order, so the result does not depend on timing.
+struct Chunk {
+  const int64_t *word, *sent;  // the kept words of the chunk and their sentence ids
+  int64_t K, window, negative, d;
+  bool cbow;
+  float alpha;
+  float *win, *wout;
+  Alias noise;
+};
+
+// One pair's SGD step: x (an input word's vector, or cbow's mean) predicts `target` against `negative` noise words
+// (one equal to the target is skipped). The output rows are updated here; x's gradient is added to `grad_x`.
+static inline void pair_step(const Chunk& c, const float* x, int64_t target, float* grad_x, Rng& r,
+                             LogProduct& terms, double& extra) {
+  const int64_t d = c.d;
+  for (int64_t s = 0; s <= c.negative; ++s) {
+    int64_t t = target;
+    if (s > 0) {
+      t = c.noise.draw(r);
+      if (t == target) continue;
+    }
+    float* v = c.wout + t * d;
+    // label 1 (the target): loss -log sigmoid(z); label 0 (noise): -log sigmoid(-z); g = (label - sigmoid(z)) alpha
+    const float z = s == 0 ? dot(x, v, d) : -dot(x, v, d);
+    float g;  // alpha * d(-loss)/dz, before the sign of the label
+    if (z < -30.f) { g = 1.f; extra -= z; }
+    else if (z > 30.f) { g = 0.f; }
+    else { const float e = std::exp(-z); g = e / (1.f + e); terms.times(1.0 + e); }
+    g *= s == 0 ? c.alpha : -c.alpha;
+    axpy(g, v, grad_x, d);
+    axpy(g, x, v, d);
+  }
+}
+
+// Trains the centers lo..hi of a chunk. Compiled twice, for AVX2+FMA and for any x86-64/other CPU, the right one
+// picked at load time, so the cached build stays portable.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=haswell", "default")))
 #endif
-static void add_owned(float* table, const int64_t* rows, const float* values, int64_t n, int64_t d, float alpha,
-                      int64_t part, int64_t parts) {
-  for (int64_t i = 0; i < n; ++i)
-    if ((rows[i] >> 4) % parts == part) axpy(alpha, values + i * d, table + rows[i] * d, d);
+static double train_piece(const Chunk& c, int64_t lo, int64_t hi, uint64_t seed, int64_t* pairs) {
+  const int64_t d = c.d;
+  Rng r(seed);
+  std::vector<float> buf(2 * d + 64);
+  float *mean = buf.data() + 32, *grad = buf.data() + 32 + d;
+  LogProduct terms;
+  double extra = 0.0;
+  int64_t n = 0;
+  for (int64_t i = lo; i < hi; ++i) {
+    const int64_t b = 1 + r.below(c.window);  // dynamic window: this center's reach
+    const int64_t j0 = std::max<int64_t>(0, i - b), j1 = std::min<int64_t>(c.K, i + b + 1);
+    const int64_t center = c.word[i], sentence = c.sent[i];
+    if (c.cbow) {  // the mean of the context predicts the center; each context word gets the mean's whole gradient
+      std::fill(mean, mean + d, 0.f);
+      int64_t count = 0;
+      for (int64_t j = j0; j < j1; ++j)
+        if (j != i && c.sent[j] == sentence) { axpy(1.f, c.win + c.word[j] * d, mean, d); ++count; }
+      if (count == 0) continue;
+      const float inv = 1.f / count;
+      for (int64_t k = 0; k < d; ++k) mean[k] *= inv;
+      std::fill(grad, grad + d, 0.f);
+      pair_step(c, mean, center, grad, r, terms, extra);
+      for (int64_t j = j0; j < j1; ++j)
+        if (j != i && c.sent[j] == sentence) axpy(1.f, grad, c.win + c.word[j] * d, d);
+      ++n;
+    } else {  // skip-gram as word2vec runs it: each context word's vector predicts the center
+      for (int64_t j = j0; j < j1; ++j) {
+        if (j == i || c.sent[j] != sentence) continue;
+        float* x = c.win + c.word[j] * d;
+        std::fill(grad, grad + d, 0.f);
+        pair_step(c, x, center, grad, r, terms, extra);
+        axpy(1.f, grad, x, d);
+        ++n;
+      }
+    }
+  }
+  *pairs = n;
+  return terms.log() + extra;
 }
 
-void add_rows_(torch::Tensor table, torch::Tensor rows, torch::Tensor values, double alpha) {
-  TORCH_CHECK(table.is_contiguous() && table.scalar_type() == torch::kFloat32, "table");
-  rows = rows.contiguous(); values = values.contiguous();
-  const int64_t parts = std::max<int64_t>(1, at::get_num_threads());
-  float* t = table.data_ptr<float>();
-  const int64_t* r = rows.data_ptr<int64_t>();
-  const float* v = values.data_ptr<float>();
-  const int64_t n = rows.size(0), d = table.size(1);
-  at::parallel_for(0, parts, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t part = lo; part < hi; ++part) add_owned(t, r, v, n, d, static_cast<float>(alpha), part, parts);
+// Trains the tables in place on one chunk of the corpus: ids [n] with their sentence ids [n]; words are kept with
+// probability keep_prob[word] (subsampling), then split into `pieces` trained at once. A pair's loss is taken
+// before its own step.
+std::vector<torch::Tensor> train_chunk(torch::Tensor w_in, torch::Tensor w_out, torch::Tensor ids, torch::Tensor sent,
+                                       torch::Tensor keep_prob, torch::Tensor noise_prob, torch::Tensor noise_alias,
+                                       int64_t window, int64_t negative, bool cbow, double alpha, int64_t seed,
+                                       int64_t pieces) {
+  TORCH_CHECK(w_in.is_contiguous() && w_out.is_contiguous() && w_in.scalar_type() == torch::kFloat32 &&
+              w_out.scalar_type() == torch::kFloat32, "train_chunk: contiguous float32 tables");
+  TORCH_CHECK(keep_prob.scalar_type() == torch::kFloat32 && noise_prob.scalar_type() == torch::kFloat32 &&
+              noise_alias.scalar_type() == torch::kInt32, "train_chunk: table types");
+  ids = ids.contiguous(); sent = sent.contiguous(); keep_prob = keep_prob.contiguous();
+  const int64_t n = ids.size(0);
+  const int64_t* id = ids.data_ptr<int64_t>();
+  const int64_t* sn = sent.data_ptr<int64_t>();
+  const float* keep = keep_prob.data_ptr<float>();
+  std::vector<int64_t> word, sentence;
+  word.reserve(n); sentence.reserve(n);
+  Rng r(static_cast<uint64_t>(seed));
+  for (int64_t i = 0; i < n; ++i) {
+    const float p = keep[id[i]];
+    if (p >= 1.f || r.uniform() < p) { word.push_back(id[i]); sentence.push_back(sn[i]); }
+  }
+  const int64_t K = word.size();
+  const int64_t P = std::max<int64_t>(1, std::min<int64_t>(pieces, K / 64));
+  Chunk c{word.data(), sentence.data(), K, window, negative, w_in.size(1), cbow, static_cast<float>(alpha),
+          w_in.data_ptr<float>(), w_out.data_ptr<float>(),
+          Alias{noise_prob.data_ptr<float>(), noise_alias.data_ptr<int32_t>(), noise_prob.size(0)}};
+  std::vector<double> loss_of(P, 0.0);
+  std::vector<int64_t> pairs_of(P, 0);
+  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      loss_of[p] = train_piece(c, K * p / P, K * (p + 1) / P, Rng(static_cast<uint64_t>(seed) + 1 + p).next(),
+                               &pairs_of[p]);
   });
+  double loss = 0.0;
+  int64_t pairs = 0;
+  for (int64_t p = 0; p < P; ++p) { loss += loss_of[p]; pairs += pairs_of[p]; }
+  // (mean loss per pair, summed loss, pairs, words kept): what the training loop logs and sums, made here
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  return {torch::scalar_tensor(pairs ? loss / pairs : 0.0, torch::kFloat32), torch::scalar_tensor(loss, f64),
+          torch::scalar_tensor(static_cast<double>(pairs), f64), torch::scalar_tensor(K, ids.options())};
+}
+
+// n draws from the alias tables (what train_chunk's negatives are): for the tests
+torch::Tensor draw_alias(torch::Tensor prob, torch::Tensor alias, int64_t n, int64_t seed) {
+  Alias a{prob.data_ptr<float>(), alias.data_ptr<int32_t>(), prob.size(0)};
+  Rng r(static_cast<uint64_t>(seed));
+  auto out = torch::empty({n}, torch::kInt64);
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) o[i] = a.draw(r);
+  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.def("sgns", &sgns, "word2vec negative sampling, fused");
-  mod.def("add_rows_", &add_rows_, "table[rows] += alpha * values, repeats added, in parallel by row");
+  mod.def("train_chunk", &train_chunk, "word2vec SGD in place on a chunk of the corpus");
+  mod.def("alias_table", &alias_table, "Vose alias tables for weights");
+  mod.def("draw_alias", &draw_alias, "draws from alias tables");
 }
