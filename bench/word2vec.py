@@ -68,19 +68,18 @@ def run_dlcli(cfg, task) -> tuple[float, torch.Tensor]:
     runtime = setup(cfg)
     model = build_model(cfg.model, task.meta)
     optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
-    steps = task.num_batches("train", resolve_batch_size(cfg.trainer.batch_size, task.size("train")))
+    # as dl train decides it (on the CPU: the C++ trainer, built or loaded from torch's cache before the clock starts)
+    in_place = task.in_place_training(model, optimizer, cfg.trainer, runtime)
+    batch_size = in_place.batch_size if in_place else resolve_batch_size(cfg.trainer.batch_size, task.size("train"))
+    steps = task.num_batches("train", batch_size)
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, steps * int(cfg.trainer.epochs), "min")
-    if cfg.model.get("cpu_kernel", True):  # built (or loaded from torch's cache) before the clock starts
-        from dlcli.models.word2vec import cpu_kernel
-
-        cpu_kernel()
     saved = task.questions, task.similarity, task.show
     task.questions, task.similarity, task.show = [], [], False  # evaluation is timed apart
     with tempfile.TemporaryDirectory() as tmp:
         logger = MetricsLogger(Path(tmp))
         start = time.perf_counter()
         fit(model, task, optimizer, scheduler, interval, runtime, cfg.trainer, logger,
-            Reporter(make_console(), enabled=False), lambda which, state: None, LoopState())
+            Reporter(make_console(), enabled=False), lambda which, state: None, LoopState(), in_place=in_place)
         seconds = time.perf_counter() - start
         logger.close()
     task.questions, task.similarity, task.show = saved

@@ -131,24 +131,29 @@ def evaluate_split(model: nn.Module, task: Task, split: str, batch_size: int, ru
 
 def fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, scheduler: Any, interval: str,
         runtime: Runtime, tcfg: Any, logger: MetricsLogger, reporter: Reporter,
-        save: Callable[[str, LoopState], None], state: LoopState, stop: StopRequest | None = None) -> str:
+        save: Callable[[str, LoopState], None], state: LoopState, stop: StopRequest | None = None,
+        in_place: Any = None) -> str:
     """Train until trainer.epochs, early stopping or trainer.max_time. Returns why it stopped.
 
     A stop request (SIGINT/SIGTERM) ends the current step, saves last.pt mid-epoch and raises Interrupted.
+    in_place (Task.in_place_training: word2vec on the CPU) trains the model itself: its step() replaces backward and
+    optimizer.step(), its batches() and batch_size the trainer's.
     """
     stop = stop or StopRequest()
     stop.armed = True
     try:
-        return _fit(model, task, optimizer, scheduler, interval, runtime, tcfg, logger, reporter, save, state, stop)
+        return _fit(model, task, optimizer, scheduler, interval, runtime, tcfg, logger, reporter, save, state, stop,
+                    in_place)
     finally:
         stop.armed = False
 
 
 def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, scheduler: Any, interval: str,
          runtime: Runtime, tcfg: Any, logger: MetricsLogger, reporter: Reporter,
-         save: Callable[[str, LoopState], None], state: LoopState, stop: StopRequest) -> str:
+         save: Callable[[str, LoopState], None], state: LoopState, stop: StopRequest, in_place: Any) -> str:
     epochs = int(tcfg.epochs)
-    batch_size = resolve_batch_size(tcfg.batch_size, task.size("train"))
+    batch_size = in_place.batch_size if in_place is not None else resolve_batch_size(tcfg.batch_size,
+                                                                                     task.size("train"))
     n_batches = task.num_batches("train", batch_size)
     monitor_split, monitor_name = str(tcfg.monitor).split("/", 1)
     scaler = runtime.grad_scaler()
@@ -169,9 +174,6 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
     log_every = int(tcfg.log_every_n_steps)
     signal_at = _test_signals()
     step = distributed.train_step(model, task)  # task.step; under DDP this rank's slice through DDP
-    # word2vec on the CPU trains itself (its C++ op takes an SGD step per pair): no backward, no optimizer.step()
-    in_place = (task.in_place_training(model, optimizer, tcfg, runtime)
-                if distributed.world_size() == 1 and scaler is None else None)
     # trainer.log_grad_norms: per-layer gradient norms on the steps whose loss is logged (none in between)
     grad_norms = GradNorms(model) if tcfg.get("log_grad_norms", False) else None
     start = time.perf_counter() - state.elapsed
@@ -190,7 +192,7 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
         losses: torch.Tensor | None = None
         done = skip
         seed = epoch_seed(int(tcfg.seed), epoch)
-        batches = (in_place.batches(batch_size, seed) if in_place is not None
+        batches = (in_place.batches(seed) if in_place is not None
                    else task.batches("train", batch_size, shuffle=True, seed=seed))
         with reporter.epoch_progress(epoch, epochs, n_batches) as advance:
             for i, batch in enumerate(itertools.islice(batches, skip, None), start=skip):

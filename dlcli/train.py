@@ -68,7 +68,12 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
         reporter.table(*summary_table(model, task.example_input(), f"model: {cfg.model.name}"))
     train_model = torch.compile(model) if t.compile else model
     optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
-    batch_size = resolve_batch_size(t.batch_size, task.size("train"))
+    # word2vec on the CPU trains itself, pair by pair, in steps of its own size (dlcli/models/word2vec.py)
+    in_place = task.in_place_training(model, optimizer, t, runtime) if distributed.world_size() == 1 else None
+    batch_size = in_place.batch_size if in_place else resolve_batch_size(t.batch_size, task.size("train"))
+    if in_place:
+        reporter.say(f"training: word2vec's own SGD, pair by pair, in C++ on {torch.get_num_threads()} thread(s); "
+                     f"steps of dataset.cpu_batch_size={batch_size} words")
     distributed.check_batch_size(batch_size)  # the global batch: each of N processes needs a row
     total_steps = task.num_batches("train", batch_size) * int(t.epochs)
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, total_steps, t.mode)
@@ -103,7 +108,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     started = time.perf_counter()
     try:
         stopped_by = fit(train_model, task, optimizer, scheduler, interval, runtime, t, logger, reporter, save, state,
-                         stop)
+                         stop, in_place)
         # Test with the best weights (what best.pt holds, so `dl eval best.pt` reproduces it).
         best_path = ckpt_dir / "best.pt"
         if distributed.is_main() and best_path.exists():

@@ -105,7 +105,7 @@ def test_signal_finishes_the_step_saves_and_resumes_bit_for_bit(dl, reference, h
 def test_word2vec_trained_in_place_resumes_bit_for_bit(dl, tmp_path):
     """word2vec on the CPU takes its SGD steps in C++ (no optimizer step): stopped mid-epoch and resumed, it ends
     as the uninterrupted run (trainer.deterministic: the chunk's pieces in one thread; its draws are seeded)."""
-    args = ["model=skipgram", "dataset.sentences=3000", "trainer.batch_size=512", "trainer.epochs=2",
+    args = ["model=skipgram", "dataset.sentences=3000", "dataset.cpu_batch_size=512", "trainer.epochs=2",
             "trainer.log_every_n_steps=1", "trainer.deterministic=true", *FAST]
     (tmp_path / "reference").mkdir()
     reference = CLI(tmp_path / "reference")

@@ -138,6 +138,9 @@ class EmbeddingTask(Task):
         self.probes = [str(w) for w in (cfg.get("probes") or [])]
         self.show = bool(cfg.get("show_neighbours", True))
         self.cpu_threads = int(cfg.get("cpu_threads") or 0)
+        self.cpu_batch_size = int(cfg.get("cpu_batch_size") or 10240)
+        if self.cpu_batch_size < 1:
+            raise UserError(f"dataset.cpu_batch_size={cfg.cpu_batch_size}: corpus words per step, >= 1")
 
     def to(self, device: torch.device) -> EmbeddingTask:
         if device.type == "cpu" and self.cpu_threads:
@@ -199,7 +202,7 @@ class EmbeddingTask(Task):
         if kernel is None:
             return None
         return InPlaceTraining(model, kernel, self.splits["train"], self.keep_prob, self.noise_weights, self.window,
-                               optimizer, bool(tcfg.get("deterministic", False)))
+                               optimizer, bool(tcfg.get("deterministic", False)), self.cpu_batch_size)
 
     def step(self, model: torch.nn.Module, batch: tuple) -> tuple[Tensor, dict[str, Tensor]]:
         loss_sum, pairs = model.loss(*batch)

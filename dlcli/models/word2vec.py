@@ -38,8 +38,8 @@ class Word2Vec(nn.Module):
         self.group = group  # training pairs per draw of shared negatives
         self.input = nn.Embedding(vocab_size, vector_size, sparse=True)
         self.output = nn.Embedding(vocab_size, vector_size, sparse=True)
-        with torch.no_grad():  # word2vec's initialisation: small uniform word vectors, zero output vectors
-            self.input.weight.uniform_(-0.5 / vector_size, 0.5 / vector_size)
+        with torch.no_grad():  # gensim's initialisation: word vectors uniform in ±1/size (the C tool's ±0.5/size),
+            self.input.weight.uniform_(-1 / vector_size, 1 / vector_size)  # output vectors zero
             self.output.weight.zero_()
 
     def forward(self, words: Tensor) -> Tensor:
@@ -74,24 +74,36 @@ class InPlaceTraining:
     subsampling, dynamic windows and negatives (k per pair, from unigram^ns_exponent) and takes an SGD step per pair
     straight in the tables, at the optimizer's current lr (the linear schedule still sets it every step); the chunk's
     pieces train at once on torch's threads (one piece under trainer.deterministic). No gradient, no
-    optimizer.step(): the loop calls step() instead (EmbeddingTask.in_place_training decides when)."""
+    optimizer.step(): the loop calls step() instead (EmbeddingTask.in_place_training decides when).
+
+    A step is `batch_size` corpus words (dataset.cpu_batch_size; gensim's jobs are 10,000): each pair takes its own
+    step inside it, so the size only sets how often the lr moves and the loss is logged, and how often the threads'
+    copies of the HOT_ROWS most frequent words are merged (word2vec_kernel.cpp: shared rows written by both cores
+    cost more than the merge)."""
+
+    HOT_ROWS = 512  # Gutenberg cbow, 2 cores, 10,240-word steps: 2.6M (none) -> 3.1M words/s; 2,048 rows: slower
 
     def __init__(self, model: Word2Vec, kernel: Any, split: tuple[Tensor, Tensor], keep_prob: Tensor,
-                 noise_weights: Tensor, window: int, optimizer: torch.optim.Optimizer, deterministic: bool):
+                 noise_weights: Tensor, window: int, optimizer: torch.optim.Optimizer, deterministic: bool,
+                 batch_size: int):
         self.model, self.kernel = model, kernel
+        self.batch_size = batch_size
         self.tables = (model.input.weight.detach(), model.output.weight.detach())  # views: the op writes in place
         self.ids, self.sent = split
         self.keep_prob = keep_prob.float().contiguous()
         self.noise_prob, self.noise_alias = kernel.alias_table(noise_weights)
         self.window = window
-        self.group = next(g for g in optimizer.param_groups if any(p is model.input.weight for p in g["params"]))
+        self.optimizer = optimizer  # its groups are read every step: a resume's load_state_dict replaces them
+        self.group = next(i for i, g in enumerate(optimizer.param_groups)
+                          if any(p is model.input.weight for p in g["params"]))
         self.deterministic = deterministic
         # the optimizer takes no step of its own here; torch's scheduler warns once unless told its steps are in order
         optimizer._opt_called = True
 
-    def batches(self, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor, int]]:
+    def batches(self, seed: int) -> Iterator[tuple[Tensor, Tensor, int]]:
         """Chunks of batch_size corpus words in a seeded order (a chunk keeps the text's order: windows need it),
         each with its own seed for the op's draws."""
+        batch_size = self.batch_size
         starts = torch.arange(0, len(self.ids), batch_size)
         starts = starts[torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))].tolist()
         for s in starts:
@@ -104,7 +116,7 @@ class InPlaceTraining:
         pieces = 1 if self.deterministic else torch.get_num_threads()
         loss, loss_sum, pairs, _kept = self.kernel.train_chunk(
             *self.tables, ids, sent, self.keep_prob, self.noise_prob, self.noise_alias, self.window, m.negative,
-            m.objective == "cbow", float(self.group["lr"]), seed, pieces)
+            m.objective == "cbow", float(self.optimizer.param_groups[self.group]["lr"]), seed, pieces, self.HOT_ROWS)
         return loss, {"loss_sum": loss_sum, "pairs": pairs}
 
 
