@@ -243,6 +243,8 @@ def test_user_errors(dl, tmp_path):
     assert res.returncode == 2 and "no such file" in res.stderr
     res = dl("train", "model=cbow", "model.window=0", *FAST)
     assert res.returncode == 2 and "model.window=0" in res.stderr
+    res = dl("train", "model=cbow", "dataset.cpu_batch_size=0", *FAST)
+    assert res.returncode == 2 and "dataset.cpu_batch_size=0: corpus words per step on the CPU" in res.stderr
     text = tmp_path / "plain.txt"
     text.write_text("\n".join(relation_sentences(300, seed=1)))
     res = dl("train", "model=skipgram", "dataset=corpus", f"dataset.path={text}", "trainer.monitor=val/analogy", *FAST)

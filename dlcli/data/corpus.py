@@ -138,9 +138,10 @@ class EmbeddingTask(Task):
         self.probes = [str(w) for w in (cfg.get("probes") or [])]
         self.show = bool(cfg.get("show_neighbours", True))
         self.cpu_threads = int(cfg.get("cpu_threads") or 0)
-        self.cpu_batch_size = int(cfg.get("cpu_batch_size") or 10240)
-        if self.cpu_batch_size < 1:
-            raise UserError(f"dataset.cpu_batch_size={cfg.cpu_batch_size}: corpus words per step, >= 1")
+        self.cpu_batch_size = cfg.get("cpu_batch_size", 10240)
+        if isinstance(self.cpu_batch_size, bool) or not isinstance(self.cpu_batch_size, int) or self.cpu_batch_size < 1:
+            raise UserError(f"dataset.cpu_batch_size={self.cpu_batch_size}: corpus words per step on the CPU, an "
+                            "integer >= 1 (default 10240)")
 
     def to(self, device: torch.device) -> EmbeddingTask:
         if device.type == "cpu" and self.cpu_threads:
