@@ -93,7 +93,7 @@ def run_gensim(cfg, sentences: list[list[str]], vocab: list[str], workers: int,
     m = cfg.model
     w2v = Word2Vec(vector_size=int(m.vector_size), window=int(m.window), min_count=1, negative=int(m.negative),
                    sample=float(m.sample), alpha=float(m.alpha), min_alpha=float(m.min_alpha),
-                   sg=int(m.name == "skipgram"), hs=0, ns_exponent=float(m.ns_exponent), workers=workers, seed=seed)
+                   sg=int(m.name == "skipgram"), hs=int(m.get("hs", 0)), ns_exponent=float(m.ns_exponent), workers=workers, seed=seed)
     w2v.build_vocab(sentences)
     words = sum(len(s) for s in sentences)
     start = time.perf_counter()
@@ -121,12 +121,12 @@ def compare(corpus: str, model: str, epochs: int, workers: int, repeat: int, onl
     task = build_task(cfg.dataset, cfg.loss, torch.device("cpu"))
     facts = {"corpus": corpus, "train_words": task.meta["train_words"], "vocab": task.meta["vocab_size"],
              "model": model, "epochs": epochs, "vector_size": int(cfg.model.vector_size),
-             "window": int(cfg.model.window), "negative": int(cfg.model.negative), "sample": float(cfg.model.sample),
+             "window": int(cfg.model.window), "negative": int(cfg.model.negative), "hs": int(cfg.model.get("hs", 0)), "sample": float(cfg.model.sample),
              "min_count": int(cfg.model.min_count)}
     print(f"corpus {corpus}: {task.meta['train_words']:,} training words, vocabulary "
           f"{task.meta['vocab_size']:,} (read in {time.perf_counter() - t:.1f}s); {model}, "
           f"{epochs} epoch(s), vector_size {cfg.model.vector_size}, window {cfg.model.window}, negative "
-          f"{cfg.model.negative}, sample {cfg.model.sample}, min_count {cfg.model.min_count}")
+          f"{cfg.model.negative}, hs {cfg.model.get('hs', 0)}, sample {cfg.model.sample}, min_count {cfg.model.min_count}")
     sentences = sentences_of(task)
     vocab = task.meta["vocab"]
     words = task.meta["train_words"] * epochs

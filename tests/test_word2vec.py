@@ -4,6 +4,7 @@ whose exported vectors gensim loads."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -243,6 +244,10 @@ def test_user_errors(dl, tmp_path):
     assert res.returncode == 2 and "no such file" in res.stderr
     res = dl("train", "model=cbow", "model.window=0", *FAST)
     assert res.returncode == 2 and "model.window=0" in res.stderr
+    res = dl("train", "model=skipgram", "model.negative=0", *FAST)
+    assert res.returncode == 2 and "model.negative=0 with model.hs=0: nothing to train" in res.stderr
+    res = dl("train", "model=skipgram", "model.hs=2", *FAST)
+    assert res.returncode == 2 and "model.hs=2: 1 (hierarchical softmax" in res.stderr
     res = dl("train", "model=cbow", "dataset.cpu_batch_size=0", *FAST)
     assert res.returncode == 2 and "dataset.cpu_batch_size=0: corpus words per step on the CPU" in res.stderr
     text = tmp_path / "plain.txt"
@@ -259,9 +264,16 @@ def kernel():
     return k
 
 
-def word2vec_by_hand(w_in, w_out, ids, sent, cbow, negatives, noise_word, alpha):
-    """word2vec's SGD written pair by pair in float64 (window 1, every negative `noise_word`): the C tool's and
-    gensim's order of updates. Returns (loss, pairs)."""
+def word2vec_by_hand(w_in, w_out, ids, sent, cbow, negatives, noise_word, alpha, tree=None, points=None, codes=None):
+    """word2vec's SGD written pair by pair in float64 (window 1, every negative `noise_word`; with `tree`, first
+    hierarchical softmax down the target's path): the C tool's and gensim's order of updates. Returns (loss, pairs)."""
+    def step(x, v, label, grad):
+        f = float(x @ v)
+        g = (label - 1 / (1 + math.exp(-f))) * alpha
+        grad += g * v
+        v += g * x
+        return -float(torch.nn.functional.logsigmoid(torch.tensor(f if label else -f, dtype=torch.float64)))
+
     loss, pairs = 0.0, 0
     for i, center in enumerate(ids):
         contexts = [ids[j] for j in (i - 1, i + 1) if 0 <= j < len(ids) and sent[j] == sent[i]]
@@ -271,66 +283,122 @@ def word2vec_by_hand(w_in, w_out, ids, sent, cbow, negatives, noise_word, alpha)
                 continue
             x = w_in[words].mean(0)
             grad = torch.zeros_like(x)
-            for t, label in [(center, 1.0)] + [(noise_word, 0.0)] * negatives:
+            if tree is not None:
+                for node, code in zip(points[center].tolist(), codes[center].tolist()):
+                    if node >= 0:
+                        loss += step(x, tree[node], 1.0 - code, grad)
+            for t, label in [(center, 1.0)] * (negatives > 0) + [(noise_word, 0.0)] * negatives:
                 if label == 0.0 and t == center:
                     continue  # a negative equal to the target is skipped
-                f = float(x @ w_out[t])
-                loss -= float(torch.nn.functional.logsigmoid(torch.tensor(f if label else -f)))
-                g = (label - 1 / (1 + torch.exp(torch.tensor(-f)))) * alpha
-                grad += g * w_out[t]
-                w_out[t] += g * x
+                loss += step(x, w_out[t], label, grad)
             for w in words:
                 w_in[w] += grad
             pairs += 1
     return loss, pairs
 
 
+NO_PATHS = (torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("hs", [False, True], ids=["negative", "negative+hs"])
 @pytest.mark.parametrize("objective", ["skipgram", "cbow"])
-def test_in_place_training_takes_word2vecs_steps_pair_by_pair(objective):
+def test_in_place_training_takes_word2vecs_steps_pair_by_pair(objective, hs):
     """The C++ trainer used on the CPU updates the tables exactly as word2vec does, step after step (a
-    sentence boundary stops the window; a negative equal to the center is skipped)."""
+    sentence boundary stops the window; a negative equal to the center is skipped; hierarchical softmax first)."""
+    from dlcli.models.word2vec import huffman
+
     k = kernel()
     torch.manual_seed(0)
-    w_in, w_out = torch.randn(6, 8) * 0.3, torch.randn(6, 8) * 0.3
+    w_in, w_out, tree = torch.randn(6, 8) * 0.3, torch.randn(6, 8) * 0.3, torch.randn(5, 8) * 0.3
+    points, codes = huffman([9, 7, 5, 3, 2, 1]) if hs else NO_PATHS
     ids = torch.tensor([0, 1, 5, 3, 1, 4, 2, 5])
     sent = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2])      # the last word is a sentence alone: no context
     noise = torch.tensor([0.0, 0, 0, 0, 0, 1])        # every negative is word 5
     prob, alias = k.alias_table(noise)
-    expect_in, expect_out = w_in.double(), w_out.double()
-    expect_loss, expect_pairs = word2vec_by_hand(expect_in, expect_out, ids.tolist(), sent.tolist(),
-                                                 objective == "cbow", 2, 5, 0.1)
-    loss, loss_sum, pairs, kept = k.train_chunk(w_in, w_out, ids, sent, torch.ones(6), prob, alias, 1, 2,
-                                                objective == "cbow", 0.1, 123, 1, 512)
+    expect = [w.double() for w in (w_in, w_out, tree)]
+    expect_loss, expect_pairs = word2vec_by_hand(*expect[:2], ids.tolist(), sent.tolist(), objective == "cbow", 2, 5,
+                                                 0.1, *((expect[2], points, codes) if hs else ()))
+    loss, loss_sum, pairs, kept = k.train_chunk(w_in, w_out, tree if hs else tree[:0], ids, sent, torch.ones(6),
+                                                prob, alias, points, codes, 1, 2, objective == "cbow", 0.1, 123, 1,
+                                                512)
     assert int(kept) == 8 and int(pairs) == expect_pairs == (10 if objective == "skipgram" else 7)
     assert float(loss_sum) == pytest.approx(expect_loss, rel=1e-5)
     assert float(loss) == pytest.approx(expect_loss / expect_pairs, rel=1e-5)
-    assert torch.allclose(w_in.double(), expect_in, atol=1e-6)
-    assert torch.allclose(w_out.double(), expect_out, atol=1e-6)
+    for got, want in zip((w_in, w_out, tree), expect):
+        assert torch.allclose(got.double(), want, atol=1e-6)
 
 
+@pytest.mark.parametrize("hs", [False, True], ids=["negative", "negative+hs"])
 @pytest.mark.parametrize("objective", ["skipgram", "cbow"])
-def test_in_place_threads_train_copies_of_the_hot_rows_and_add_up_their_changes(objective):
-    """Two pieces at once: each trains its own copy of the first hot_rows rows, and their changes are added after
-    (here every row is hot, so the result is exactly: start + piece 1's change + piece 2's change)."""
+def test_in_place_threads_train_copies_of_the_hot_rows_and_add_up_their_changes(objective, hs):
+    """Two pieces at once: each trains its own copy of the first hot_rows rows (the tree's last), and their changes
+    are added after (here every row is hot, so the result is exactly: start + piece 1's change + piece 2's)."""
+    from dlcli.models.word2vec import huffman
+
     k = kernel()
     torch.manual_seed(1)
-    w_in, w_out = torch.randn(7, 8) * 0.3, torch.randn(7, 8) * 0.3
+    w_in, w_out, tree = torch.randn(7, 8) * 0.3, torch.randn(7, 8) * 0.3, torch.randn(6, 8) * 0.3
+    points, codes = huffman([9, 8, 7, 6, 5, 4, 3]) if hs else NO_PATHS
+    tree = tree if hs else tree[:0]
     ids = torch.cat([torch.randint(0, 3, (64,)), torch.randint(3, 6, (64,))])  # two texts, disjoint words
     sent = torch.tensor([0] * 64 + [1] * 64)
     prob, alias = k.alias_table(torch.tensor([0.0, 0, 0, 0, 0, 0, 1]))    # negatives: word 6, which both share
+    start = [w.double() for w in (w_in, w_out, tree)]
     changes, total_loss = [], 0.0
     for half in (slice(0, 64), slice(64, 128)):
-        a, b = w_in.double(), w_out.double()
-        loss, _ = word2vec_by_hand(a, b, ids[half].tolist(), sent[half].tolist(), objective == "cbow", 2, 6, 0.1)
-        changes.append((a - w_in.double(), b - w_out.double()))
+        mine = [w.clone() for w in start]
+        loss, _ = word2vec_by_hand(*mine[:2], ids[half].tolist(), sent[half].tolist(), objective == "cbow", 2, 6, 0.1,
+                                   *((mine[2], points, codes) if hs else ()))
+        changes.append([m - w for m, w in zip(mine, start)])
         total_loss += loss
-    expect_in = w_in.double() + changes[0][0] + changes[1][0]
-    expect_out = w_out.double() + changes[0][1] + changes[1][1]
-    _, loss_sum, _, _ = k.train_chunk(w_in, w_out, ids, sent, torch.ones(7), prob, alias, 1, 2, objective == "cbow",
-                                      0.1, 5, 2, 7)
+    _, loss_sum, _, _ = k.train_chunk(w_in, w_out, tree, ids, sent, torch.ones(7), prob, alias, points, codes, 1, 2,
+                                      objective == "cbow", 0.1, 5, 2, 7)
     assert float(loss_sum) == pytest.approx(total_loss, rel=1e-5)
-    assert torch.allclose(w_in.double(), expect_in, atol=1e-5)
-    assert torch.allclose(w_out.double(), expect_out, atol=1e-5)
+    for got, w, c1, c2 in zip((w_in, w_out, tree), start, *changes):
+        assert torch.allclose(got.double(), w + c1 + c2, atol=1e-5)
+
+
+def test_huffman_tree_gives_frequent_words_short_prefix_free_paths():
+    from dlcli.models.word2vec import huffman
+
+    counts = [1000, 400, 300, 120, 80, 50, 30, 10, 6, 4]
+    points, codes = huffman(counts)
+    lengths = (points >= 0).sum(1)
+    assert (points[:, 0] == len(counts) - 2).all()            # every path starts at the root
+    assert lengths.tolist() == sorted(lengths.tolist())       # the more frequent, the shorter
+    paths = ["".join(map(str, codes[w, :n].tolist())) for w, n in enumerate(lengths.tolist())]
+    assert not any(a != b and b.startswith(a) for a in paths for b in paths)  # prefix-free: one leaf per path
+    p = torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    entropy = float(-(p * p.log2()).sum())
+    assert entropy <= float((p * lengths).sum()) < entropy + 1  # an optimal code's average length
+    assert set(points[points >= 0].tolist()) == set(range(len(counts) - 1))  # every inner node on some path
+
+
+@pytest.mark.parametrize("objective", ["skipgram", "cbow"])
+def test_batched_and_in_place_hierarchical_softmax_score_the_same_loss(objective):
+    """At a learning rate of 0 the C++ trainer only scores: its summed loss equals the batched path's (autograd over
+    the tree) on the same words and windows."""
+    from dlcli.models.word2vec import Word2Vec
+
+    k = kernel()
+    counts = [50, 30, 20, 10, 5, 3]
+    model = Word2Vec(6, 8, objective, negative=0, counts=counts)
+    with torch.no_grad():
+        for table in (model.input, model.output, model.tree):
+            table.weight.normal_(0, 0.3)
+    ids = torch.tensor([0, 1, 5, 3, 1, 4, 2, 5, 0, 2])
+    sent = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 2])
+    prob, alias = k.alias_table(torch.ones(6))
+    _, loss_sum, pairs, _ = k.train_chunk(model.input.weight.detach(), model.output.weight.detach(),
+                                          model.tree.weight.detach(), ids, sent, torch.ones(6), prob, alias,
+                                          model.points, model.codes, 1, 0, objective == "cbow", 0.0, 1, 1, 0)
+    contexts = torch.tensor([[ids[j] if 0 <= j < len(ids) and sent[j] == sent[i] else -1 for j in (i - 1, i + 1)]
+                             for i in range(len(ids))])
+    loss, batched_pairs = model.loss(ids, contexts, torch.zeros(1, 1, dtype=torch.long))
+    assert int(pairs) == int(batched_pairs)
+    assert float(loss.detach()) == pytest.approx(float(loss_sum), rel=1e-5)
+    loss.backward()
+    assert model.tree.weight.grad.is_sparse and model.input.weight.grad.is_sparse
 
 
 def test_in_place_draws_negatives_subsampling_and_windows_with_the_right_shape():
@@ -344,13 +412,14 @@ def test_in_place_draws_negatives_subsampling_and_windows_with_the_right_shape()
     task = tiny_task([20_000, 2_000, 500, 50], sample=1e-2)
     ids, sent = task.splits["train"]
     w_in, w_out = torch.zeros(4, 4), torch.zeros(4, 4)
-    kept = sum(int(k.train_chunk(w_in, w_out, ids, sent, task.keep_prob.float(), prob[:4], alias[:4].clamp(max=3),
-                                 3, 1, True, 0.0, seed, 2, 0)[3]) for seed in range(5)) / 5
+    kept = sum(int(k.train_chunk(w_in, w_out, w_in[:0], ids, sent, task.keep_prob.float(), prob[:4],
+                                 alias[:4].clamp(max=3), *NO_PATHS, 3, 1, True, 0.0, seed, 2, 0)[3])
+               for seed in range(5)) / 5
     assert kept == pytest.approx(float(task.keep_prob.clamp(max=1)[ids].sum()), rel=0.01)
     # dynamic window: reach uniform on 1..4, so a word inside a long sentence has 2 * 2.5 context words on average
     ids = torch.randint(0, 4, (20_000,), generator=torch.Generator().manual_seed(0))
-    _, _, pairs, _ = k.train_chunk(w_in, w_out, ids, torch.zeros_like(ids), torch.ones(4), prob[:4],
-                                   alias[:4].clamp(max=3), 4, 1, False, 0.0, 7, 2, 0)
+    _, _, pairs, _ = k.train_chunk(w_in, w_out, w_in[:0], ids, torch.zeros_like(ids), torch.ones(4), prob[:4],
+                                   alias[:4].clamp(max=3), *NO_PATHS, 4, 1, False, 0.0, 7, 2, 0)
     assert int(pairs) / 20_000 == pytest.approx(5.0, rel=0.02)
 
 

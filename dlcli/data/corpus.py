@@ -124,8 +124,8 @@ class EmbeddingTask(Task):
             raise UserError(f"model.shared_negatives={self.shared}, model.negative_group={self.group}: both >= 1")
         if self.window < 1:
             raise UserError(f"model.window={cfg.window}: must be >= 1")
-        if self.negative < 1:
-            raise UserError(f"model.negative={cfg.negative}: must be >= 1 (negative sampling)")
+        if self.negative < 0:
+            raise UserError(f"model.negative={cfg.negative}: noise words per pair, >= 0 (0: hierarchical softmax only)")
         self.keep_prob = keep_probabilities(counts, float(cfg.sample)).float()
         self.noise_weights = counts.pow(float(cfg.get("ns_exponent", 0.75)))
         self.noise_cdf = noise_cdf(counts, float(cfg.get("ns_exponent", 0.75)))

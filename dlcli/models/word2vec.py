@@ -1,4 +1,5 @@
-"""word2vec (Mikolov et al. 2013): skip-gram and CBOW with negative sampling, as in the original C tool and gensim.
+"""word2vec (Mikolov et al. 2013): skip-gram and CBOW with negative sampling and/or hierarchical softmax, as in the
+original C tool and gensim.
 
 Two tables: `input` holds the word vectors (word2vec's syn0, what is exported), `output` the vectors words have as
 prediction targets (syn1neg, zero at the start).
@@ -13,6 +14,7 @@ Two ways to train them:
 
 from __future__ import annotations
 
+import heapq
 import os
 import sys
 from collections.abc import Iterator
@@ -30,7 +32,9 @@ OBJECTIVES = ("skipgram", "cbow")
 
 class Word2Vec(nn.Module):
     def __init__(self, vocab_size: int, vector_size: int, objective: str, negative: int = 5, group: int = 384,
-                 cpu_kernel: bool = True):
+                 cpu_kernel: bool = True, counts: list[int] | None = None):
+        """counts (the vocabulary's, sorted by count): given, the model also trains hierarchical softmax over
+        their Huffman tree (gensim's hs=1), in a third table, `tree` (syn1)."""
         super().__init__()
         self.objective = objective
         self.use_cpu_kernel = cpu_kernel  # train in place with the C++ op on the CPU (compiled on first use)
@@ -38,9 +42,17 @@ class Word2Vec(nn.Module):
         self.group = group  # training pairs per draw of shared negatives
         self.input = nn.Embedding(vocab_size, vector_size, sparse=True)
         self.output = nn.Embedding(vocab_size, vector_size, sparse=True)
+        self.hs = counts is not None
+        if self.hs:
+            points, codes = huffman(counts)
+            self.register_buffer("points", points, persistent=False)  # rebuilt from the counts in meta on load
+            self.register_buffer("codes", codes, persistent=False)
+            self.tree = nn.Embedding(max(vocab_size - 1, 1), vector_size, sparse=True)
         with torch.no_grad():  # gensim's initialisation: word vectors uniform in ±1/size (the C tool's ±0.5/size),
             self.input.weight.uniform_(-1 / vector_size, 1 / vector_size)  # output vectors zero
             self.output.weight.zero_()
+            if self.hs:
+                self.tree.weight.zero_()
 
     def forward(self, words: Tensor) -> Tensor:
         """The word vectors of `words`."""
@@ -59,11 +71,32 @@ class Word2Vec(nn.Module):
         pairs = (targets >= 0).sum()
         if len(inputs) == 0:  # every word of a short chunk was subsampled away
             return w[:0].sum(), pairs
-        # a shared negative's update sums over every pair of its group: groups are sized in pairs, not rows
-        groups = min(len(negatives), len(inputs), -(-int(pairs) // self.group))
-        loss = NegativeSampling.apply(w, self.output.weight, inputs, targets, negatives[:groups], self.negative,
-                                      self.input.sparse)
-        return loss, pairs
+        parts = []  # (not a zero to add to: its dense gradient would make the sparse ones dense)
+        if self.negative > 0:
+            # a shared negative's update sums over every pair of its group: groups are sized in pairs, not rows
+            groups = min(len(negatives), len(inputs), -(-int(pairs) // self.group))
+            parts.append(NegativeSampling.apply(w, self.output.weight, inputs, targets, negatives[:groups],
+                                                self.negative, self.input.sparse))
+        if self.hs:
+            parts.append(self.tree_loss(inputs, targets))
+        return sum(parts[1:], parts[0]), pairs
+
+    def tree_loss(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Hierarchical softmax's summed loss (plain autograd, sparse gradients through the embeddings): each pair's
+        input vector scored at every inner node on its target's Huffman path, -log sigmoid(±score) by the turn."""
+        rows, slots = (targets >= 0).nonzero(as_tuple=True)
+        if inputs.shape[1] == 1:
+            x = self.input(inputs[rows, 0])
+        else:  # cbow: each row's context mean, once per row
+            in_mask = inputs >= 0
+            counts = in_mask.sum(1)
+            means = F.embedding_bag(inputs[in_mask], self.input.weight, torch.cumsum(counts, 0) - counts,
+                                    mode="mean", sparse=self.input.sparse)
+            x = means[rows]
+        words = targets[rows, slots]
+        nodes, turns = self.points[words], self.codes[words]                 # [pairs, L]
+        scores = torch.einsum("pld,pd->pl", self.tree(nodes.clamp(min=0)), x)
+        return F.softplus(scores * (2 * turns - 1).to(scores.dtype))[nodes >= 0].sum()  # turn 0: score up
 
     def vectors(self) -> Tensor:
         return self.input.weight.detach()
@@ -88,7 +121,11 @@ class InPlaceTraining:
                  batch_size: int):
         self.model, self.kernel = model, kernel
         self.batch_size = batch_size
-        self.tables = (model.input.weight.detach(), model.output.weight.detach())  # views: the op writes in place
+        # views of the weights (the op writes in place); without hierarchical softmax an empty tree and paths
+        tree = model.tree.weight.detach() if model.hs else model.input.weight.new_zeros(0, model.input.weight.shape[1])
+        self.tables = (model.input.weight.detach(), model.output.weight.detach(), tree)
+        no_paths = torch.zeros(0, 0, dtype=torch.long)
+        self.paths = (model.points, model.codes) if model.hs else (no_paths, no_paths)
         self.ids, self.sent = split
         self.keep_prob = keep_prob.float().contiguous()
         self.noise_prob, self.noise_alias = kernel.alias_table(noise_weights)
@@ -115,8 +152,8 @@ class InPlaceTraining:
         m = self.model
         pieces = 1 if self.deterministic else torch.get_num_threads()
         loss, loss_sum, pairs, _kept = self.kernel.train_chunk(
-            *self.tables, ids, sent, self.keep_prob, self.noise_prob, self.noise_alias, self.window, m.negative,
-            m.objective == "cbow", float(self.optimizer.param_groups[self.group]["lr"]), seed, pieces, self.HOT_ROWS)
+            *self.tables, ids, sent, self.keep_prob, self.noise_prob, self.noise_alias, *self.paths, self.window,
+            m.negative, m.objective == "cbow", float(self.optimizer.param_groups[self.group]["lr"]), seed, pieces, self.HOT_ROWS)
         return loss, {"loss_sum": loss_sum, "pairs": pairs}
 
 
@@ -227,6 +264,37 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + (os.pathsep + path if path else "")
 
 
+def huffman(counts: list[int]) -> tuple[Tensor, Tensor]:
+    """word2vec's Huffman tree over the vocabulary (CreateBinaryTree): (points, codes) [V, L], each word's inner
+    nodes from the root down (ids 0..V-2, the root V-2; -1 after the path ends) and the turn taken below each
+    (0/1; of two merged nodes the larger gets 1). Frequent words get short paths."""
+    n = len(counts)
+    heap = [(int(c), i) for i, c in enumerate(counts)]
+    heapq.heapify(heap)
+    parent, turn = [0] * (2 * n), [0] * (2 * n)
+    for node in range(n, 2 * n - 1):
+        (c1, a), (c2, b) = heapq.heappop(heap), heapq.heappop(heap)
+        parent[a] = parent[b] = node
+        turn[b] = 1
+        heapq.heappush(heap, (c1 + c2, node))
+    root = 2 * n - 2
+    paths = []
+    for word in range(n):
+        nodes, turns, node = [], [], word
+        while node != root:
+            nodes.append(parent[node] - n)
+            turns.append(turn[node])
+            node = parent[node]
+        paths.append((nodes[::-1], turns[::-1]))
+    depth = max(1, max(len(p) for p, _ in paths))
+    points = torch.full((n, depth), -1, dtype=torch.long)
+    codes = torch.zeros((n, depth), dtype=torch.long)
+    for word, (nodes, turns) in enumerate(paths):
+        points[word, :len(nodes)] = torch.tensor(nodes, dtype=torch.long)
+        codes[word, :len(turns)] = torch.tensor(turns, dtype=torch.long)
+    return points, codes
+
+
 def rows_gradient(rows: Tensor, values: Tensor, shape: torch.Size, sparse: bool) -> Tensor:
     """The gradient of a table whose `rows` got `values` (repeats add up): sparse COO, or dense under DDP."""
     if sparse:
@@ -240,5 +308,12 @@ def build(cfg: Any, meta: dict) -> Word2Vec:
     size = cfg.vector_size
     if not isinstance(size, int) or size < 1:
         raise UserError(f"model.vector_size={size}: a positive integer (word2vec uses 100-300)")
-    return Word2Vec(int(meta["vocab_size"]), size, str(cfg.name), negative=int(cfg.negative),
-                    group=int(cfg.negative_group), cpu_kernel=bool(cfg.get("cpu_kernel", True)))
+    hs, negative = cfg.get("hs", 0), cfg.negative
+    if hs not in (0, 1, True, False):
+        raise UserError(f"model.hs={hs}: 1 (hierarchical softmax, as gensim's hs=1) or 0")
+    if not hs and negative == 0:
+        raise UserError("model.negative=0 with model.hs=0: nothing to train; negative sampling needs "
+                        "model.negative >= 1, hierarchical softmax model.hs=1")
+    return Word2Vec(int(meta["vocab_size"]), size, str(cfg.name), negative=int(negative),
+                    group=int(cfg.negative_group), cpu_kernel=bool(cfg.get("cpu_kernel", True)),
+                    counts=[int(c) for c in meta["counts"]] if hs else None)

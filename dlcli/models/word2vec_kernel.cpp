@@ -93,61 +93,74 @@ std::vector<torch::Tensor> alias_table(torch::Tensor weights) {
   return {prob, alias};  // what is left in either list keeps probability 1 (rounding)
 }
 
+// A table as one piece of a chunk sees it: rows lo..hi-1 in the piece's own copy, the rest shared. The copied rows are
+// the ones every thread writes all the time (the most frequent words — vocabularies are sorted by count — and the
+// Huffman tree's top nodes); their changes are added up after the chunk. Left shared, they bounce between the cores'
+// caches on every write (Gutenberg cbow on 2 cores: 2.3M -> 2.9M words/s with 512 of them).
+struct Table {
+  float *shared, *copy;
+  int64_t lo, hi, d;
+  float* row(int64_t w) const { return w >= lo && w < hi ? copy + (w - lo) * d : shared + w * d; }
+  int64_t copied() const { return (hi - lo) * d; }
+};
+
 struct Chunk {
   const int64_t *word, *sent;  // the kept words of the chunk and their sentence ids
   int64_t K, window, negative, d;
   bool cbow;
   float alpha;
-  float *win, *wout;
+  Table in, out, tree;         // syn0, syn1neg, syn1 (hierarchical softmax's inner nodes; empty without it)
+  const int64_t *points, *codes;  // [V, L]: each word's path from the root (-1 after its end) and its 0/1 turns
+  int64_t L;
   Alias noise;
-  // Rows 0..hot-1 (the most frequent words: vocabularies are sorted by count) are trained in each piece's own copy and
-  // the pieces' changes added up at the end: shared by every thread, they would otherwise bounce between the cores'
-  // caches on every write (Gutenberg cbow on 2 cores: 2.6M -> 3.1M words/s with 512 of them).
-  int64_t hot;
 };
 
-// A thread's view of the tables: its own copies of the hot rows, the shared tables for the rest.
-struct Rows {
-  float *win, *wout, *hot_in, *hot_out;
-  int64_t hot, d;
-  float* in(int64_t w) const { return w < hot ? hot_in + w * d : win + w * d; }
-  float* out(int64_t w) const { return w < hot ? hot_out + w * d : wout + w * d; }
-};
+// One logistic step: x·v should come out large (`positive`) or small. v moves, x's gradient is added to grad_x, the
+// loss -log sigmoid(±x·v) is added to terms/extra.
+static inline void logistic_step(const float* x, float* v, bool positive, float alpha, int64_t d, float* grad_x,
+                                 LogProduct& terms, double& extra) {
+  const float z = positive ? dot(x, v, d) : -dot(x, v, d);
+  float g;  // d(-loss)/dz = sigmoid(-z)
+  if (z < -30.f) { g = 1.f; extra -= z; }
+  else if (z > 30.f) { g = 0.f; }
+  else { const float e = std::exp(-z); g = e / (1.f + e); terms.times(1.0 + e); }
+  g *= positive ? alpha : -alpha;
+  axpy(g, v, grad_x, d);
+  axpy(g, x, v, d);
+}
 
-// One pair's SGD step: x (an input word's vector, or cbow's mean) predicts `target` against `negative` noise words
-// (one equal to the target is skipped). The output rows are updated here; x's gradient is added to `grad_x`.
-static inline void pair_step(const Chunk& c, const Rows& rows, const float* x, int64_t target, float* grad_x, Rng& r,
-                             LogProduct& terms, double& extra) {
-  const int64_t d = c.d;
-  for (int64_t s = 0; s <= c.negative; ++s) {
+// One pair's SGD step: x (an input word's vector, or cbow's mean) predicts `target` — down its Huffman path (code 0:
+// the score should be high, 1: low) and/or against `negative` noise words (one equal to the target is skipped).
+static inline void pair_step(const Chunk& c, const Table& out, const Table& tree, const float* x, int64_t target,
+                             float* grad_x, Rng& r, LogProduct& terms, double& extra) {
+  for (int64_t l = 0; l < c.L; ++l) {
+    const int64_t node = c.points[target * c.L + l];
+    if (node < 0) break;
+    logistic_step(x, tree.row(node), c.codes[target * c.L + l] == 0, c.alpha, c.d, grad_x, terms, extra);
+  }
+  for (int64_t s = 0; s <= c.negative && c.negative > 0; ++s) {
     int64_t t = target;
     if (s > 0) {
       t = c.noise.draw(r);
       if (t == target) continue;
     }
-    float* v = rows.out(t);
-    // label 1 (the target): loss -log sigmoid(z); label 0 (noise): -log sigmoid(-z); g = (label - sigmoid(z)) alpha
-    const float z = s == 0 ? dot(x, v, d) : -dot(x, v, d);
-    float g;  // alpha * d(-loss)/dz, before the sign of the label
-    if (z < -30.f) { g = 1.f; extra -= z; }
-    else if (z > 30.f) { g = 0.f; }
-    else { const float e = std::exp(-z); g = e / (1.f + e); terms.times(1.0 + e); }
-    g *= s == 0 ? c.alpha : -c.alpha;
-    axpy(g, v, grad_x, d);
-    axpy(g, x, v, d);
+    logistic_step(x, out.row(t), s == 0, c.alpha, c.d, grad_x, terms, extra);
   }
 }
 
-// Trains the centers lo..hi of a chunk. Compiled twice, for AVX2+FMA and for any x86-64/other CPU, the right one
-// picked at load time, so the cached build stays portable.
+// Trains the centers lo..hi of a chunk; `copies` holds this piece's copies of the tables' shared rows. Compiled twice,
+// for AVX2+FMA and for any x86-64/other CPU, the right one picked at load time, so the cached build stays portable.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=haswell", "default")))
 #endif
-static double train_piece(const Chunk& c, int64_t lo, int64_t hi, uint64_t seed, int64_t* pairs, float* hot) {
+static double train_piece(const Chunk& c, int64_t lo, int64_t hi, uint64_t seed, int64_t* pairs, float* copies) {
   const int64_t d = c.d;
-  const Rows rows{c.win, c.wout, hot, hot + c.hot * d, c.hot, d};
-  std::copy(c.win, c.win + c.hot * d, rows.hot_in);
-  std::copy(c.wout, c.wout + c.hot * d, rows.hot_out);
+  Table in = c.in, out = c.out, tree = c.tree;
+  in.copy = copies;
+  out.copy = in.copy + in.copied();
+  tree.copy = out.copy + out.copied();
+  for (const Table* t : {&in, &out, &tree})
+    std::copy(t->shared + t->lo * d, t->shared + t->hi * d, t->copy);
   Rng r(seed);
   std::vector<float> buf(2 * d + 64);
   float *mean = buf.data() + 32, *grad = buf.data() + 32 + d;
@@ -162,21 +175,21 @@ static double train_piece(const Chunk& c, int64_t lo, int64_t hi, uint64_t seed,
       std::fill(mean, mean + d, 0.f);
       int64_t count = 0;
       for (int64_t j = j0; j < j1; ++j)
-        if (j != i && c.sent[j] == sentence) { axpy(1.f, rows.in(c.word[j]), mean, d); ++count; }
+        if (j != i && c.sent[j] == sentence) { axpy(1.f, in.row(c.word[j]), mean, d); ++count; }
       if (count == 0) continue;
       const float inv = 1.f / count;
       for (int64_t k = 0; k < d; ++k) mean[k] *= inv;
       std::fill(grad, grad + d, 0.f);
-      pair_step(c, rows, mean, center, grad, r, terms, extra);
+      pair_step(c, out, tree, mean, center, grad, r, terms, extra);
       for (int64_t j = j0; j < j1; ++j)
-        if (j != i && c.sent[j] == sentence) axpy(1.f, grad, rows.in(c.word[j]), d);
+        if (j != i && c.sent[j] == sentence) axpy(1.f, grad, in.row(c.word[j]), d);
       ++n;
     } else {  // skip-gram as word2vec runs it: each context word's vector predicts the center
       for (int64_t j = j0; j < j1; ++j) {
         if (j == i || c.sent[j] != sentence) continue;
-        float* x = rows.in(c.word[j]);
+        float* x = in.row(c.word[j]);
         std::fill(grad, grad + d, 0.f);
-        pair_step(c, rows, x, center, grad, r, terms, extra);
+        pair_step(c, out, tree, x, center, grad, r, terms, extra);
         axpy(1.f, grad, x, d);
         ++n;
       }
@@ -187,17 +200,23 @@ static double train_piece(const Chunk& c, int64_t lo, int64_t hi, uint64_t seed,
 }
 
 // Trains the tables in place on one chunk of the corpus: ids [n] with their sentence ids [n]; words are kept with
-// probability keep_prob[word] (subsampling), then split into `pieces` trained at once (their copies of the first
-// `hot_rows` rows merged at the end). A pair's loss is taken before its own step.
-std::vector<torch::Tensor> train_chunk(torch::Tensor w_in, torch::Tensor w_out, torch::Tensor ids, torch::Tensor sent,
-                                       torch::Tensor keep_prob, torch::Tensor noise_prob, torch::Tensor noise_alias,
+// probability keep_prob[word] (subsampling), then split into `pieces` trained at once, each with its own copy of the
+// first `hot_rows` rows of syn0 and syn1neg and the last of syn1 (the tree's top), added up at the end. tree [V-1, d],
+// points and codes [V, L]: hierarchical softmax (L = 0: none); negative = 0: no negative sampling. A pair's loss is
+// taken before its own step.
+std::vector<torch::Tensor> train_chunk(torch::Tensor w_in, torch::Tensor w_out, torch::Tensor tree, torch::Tensor ids,
+                                       torch::Tensor sent, torch::Tensor keep_prob, torch::Tensor noise_prob,
+                                       torch::Tensor noise_alias, torch::Tensor points, torch::Tensor codes,
                                        int64_t window, int64_t negative, bool cbow, double alpha, int64_t seed,
                                        int64_t pieces, int64_t hot_rows) {
-  TORCH_CHECK(w_in.is_contiguous() && w_out.is_contiguous() && w_in.scalar_type() == torch::kFloat32 &&
-              w_out.scalar_type() == torch::kFloat32, "train_chunk: contiguous float32 tables");
+  for (const auto* t : {&w_in, &w_out, &tree})
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == torch::kFloat32, "train_chunk: contiguous float32 tables");
   TORCH_CHECK(keep_prob.scalar_type() == torch::kFloat32 && noise_prob.scalar_type() == torch::kFloat32 &&
               noise_alias.scalar_type() == torch::kInt32, "train_chunk: table types");
+  TORCH_CHECK(points.sizes() == codes.sizes() && points.scalar_type() == torch::kInt64 &&
+              codes.scalar_type() == torch::kInt64, "train_chunk: points and codes");
   ids = ids.contiguous(); sent = sent.contiguous(); keep_prob = keep_prob.contiguous();
+  points = points.contiguous(); codes = codes.contiguous();
   const int64_t n = ids.size(0);
   const int64_t* id = ids.data_ptr<int64_t>();
   const int64_t* sn = sent.data_ptr<int64_t>();
@@ -209,32 +228,39 @@ std::vector<torch::Tensor> train_chunk(torch::Tensor w_in, torch::Tensor w_out, 
     const float p = keep[id[i]];
     if (p >= 1.f || r.uniform() < p) { word.push_back(id[i]); sentence.push_back(sn[i]); }
   }
-  const int64_t K = word.size();
+  const int64_t K = word.size(), d = w_in.size(1);
   const int64_t P = std::max<int64_t>(1, std::min<int64_t>(pieces, K / 64));
-  Chunk c{word.data(), sentence.data(), K, window, negative, w_in.size(1), cbow, static_cast<float>(alpha),
-          w_in.data_ptr<float>(), w_out.data_ptr<float>(),
-          Alias{noise_prob.data_ptr<float>(), noise_alias.data_ptr<int32_t>(), noise_prob.size(0)},
-          P > 1 ? std::min<int64_t>(hot_rows, w_in.size(0)) : 0};
-  const int64_t d = c.d, H = c.hot;
-  // each piece's copies of the hot rows (both tables), cache-line aligned so that threads never share a line
-  const int64_t stride = (2 * H * d + 15) / 16 * 16;
-  std::unique_ptr<float[]> hot(new float[P * stride + 16]);  // not zeroed: each piece copies its rows in
-  float* hot0 = hot.get() + (16 - (reinterpret_cast<uintptr_t>(hot.get()) / 4) % 16) % 16;
+  const int64_t H = P > 1 ? hot_rows : 0;  // one piece: nothing is shared, nothing copied
+  const int64_t V = w_in.size(0), nodes = tree.size(0), L = points.dim() == 2 ? points.size(1) : 0;
+  Chunk c{word.data(), sentence.data(), K, window, negative, d, cbow, static_cast<float>(alpha),
+          Table{w_in.data_ptr<float>(), nullptr, 0, std::min(H, V), d},
+          Table{w_out.data_ptr<float>(), nullptr, 0, std::min(H, V), d},
+          Table{tree.data_ptr<float>(), nullptr, std::max<int64_t>(0, nodes - H), nodes, d},
+          L ? points.data_ptr<int64_t>() : nullptr, L ? codes.data_ptr<int64_t>() : nullptr, L,
+          Alias{noise_prob.data_ptr<float>(), noise_alias.data_ptr<int32_t>(), noise_prob.size(0)}};
+  // each piece's copies, cache-line aligned so that threads never share a line
+  const int64_t copied = c.in.copied() + c.out.copied() + c.tree.copied();
+  const int64_t stride = (copied + 15) / 16 * 16;
+  std::unique_ptr<float[]> copies(new float[P * stride + 16]);  // not zeroed: each piece copies its rows in
+  float* copies0 = copies.get() + (16 - (reinterpret_cast<uintptr_t>(copies.get()) / 4) % 16) % 16;
   std::vector<double> loss_of(P, 0.0);
   std::vector<int64_t> pairs_of(P, 0);
   at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p)
       loss_of[p] = train_piece(c, K * p / P, K * (p + 1) / P, Rng(static_cast<uint64_t>(seed) + 1 + p).next(),
-                               &pairs_of[p], hot0 + p * stride);
+                               &pairs_of[p], copies0 + p * stride);
   });
-  // the hot rows: every piece's change added to the shared tables, in piece order (the same sums every time)
-  if (H > 0) {
-    at::parallel_for(0, 2 * H * d, 4096, [&](int64_t k0, int64_t k1) {
+  // every piece's change to the copied rows added to the shared tables, in piece order (the same sums every time)
+  if (P > 1 && copied > 0) {
+    float* starts[3] = {c.in.shared, c.out.shared, c.tree.shared + c.tree.lo * d};
+    const int64_t ends[3] = {c.in.copied(), c.in.copied() + c.out.copied(), copied};
+    at::parallel_for(0, copied, 4096, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
-        float* shared = k < H * d ? c.win + k : c.wout + (k - H * d);
+        const int t = k < ends[0] ? 0 : k < ends[1] ? 1 : 2;
+        float* shared = starts[t] + (k - (t ? ends[t - 1] : 0));
         const float base = *shared;
         float change = 0.f;
-        for (int64_t p = 0; p < P; ++p) change += hot0[p * stride + k] - base;
+        for (int64_t p = 0; p < P; ++p) change += copies0[p * stride + k] - base;
         *shared = base + change;
       }
     });
