@@ -2,7 +2,8 @@
 original C tool and gensim.
 
 Two tables: `input` holds the word vectors (word2vec's syn0, what is exported), `output` the vectors words have as
-prediction targets (syn1neg, zero at the start).
+prediction targets (syn1neg, zero at the start); with hierarchical softmax a third, `tree`, the Huffman tree's inner
+nodes (syn1).
 
 Two ways to train them:
 - on the CPU (model.cpu_kernel, the default), InPlaceTraining: word2vec's own algorithm in C++ (word2vec_kernel.cpp),
@@ -59,8 +60,8 @@ class Word2Vec(nn.Module):
         return self.input(words)
 
     def loss(self, centers: Tensor, contexts: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
-        """(summed negative-sampling loss, number of training pairs: skip-gram (center, context) pairs, cbow
-        centers). Only centers with at least one context word train."""
+        """(summed loss — negative sampling and/or hierarchical softmax —, number of training pairs: skip-gram
+        (center, context) pairs, cbow centers). Only centers with at least one context word train."""
         if self.objective == "skipgram":  # the center's vector predicts each of its context words
             inputs, targets = centers[:, None], contexts
         else:  # cbow: the mean of the context vectors predicts the center
@@ -114,7 +115,7 @@ class InPlaceTraining:
     copies of the HOT_ROWS most frequent words are merged (word2vec_kernel.cpp: shared rows written by both cores
     cost more than the merge)."""
 
-    HOT_ROWS = 512  # Gutenberg cbow, 2 cores, 10,240-word steps: 2.6M (none) -> 3.1M words/s; 2,048 rows: slower
+    HOT_ROWS = 512  # Gutenberg cbow, 2 cores, 10,240-word steps: 2.2-2.4M (none) -> 2.8-3.0M words/s; 2,048: slower
 
     def __init__(self, model: Word2Vec, kernel: Any, split: tuple[Tensor, Tensor], keep_prob: Tensor,
                  noise_weights: Tensor, window: int, optimizer: torch.optim.Optimizer, deterministic: bool,
