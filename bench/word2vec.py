@@ -59,7 +59,7 @@ def quality(vectors: torch.Tensor, vocab: list[str], questions, pairs) -> dict:
 def run_dlcli(cfg, task) -> tuple[float, torch.Tensor]:
     """The real pieces of `dl train`: model, optimizer, scheduler and loop.fit (no checkpoints, no evaluation
     beyond the loop's own val loss)."""
-    from dlcli.loop import LoopState, fit, resolve_batch_size
+    from dlcli.loop import LoopState, fit, train_batch_size
     from dlcli.metrics import MetricsLogger, Reporter, make_console
     from dlcli.models import build_model
     from dlcli.optim import build_optimizer, build_scheduler
@@ -70,8 +70,7 @@ def run_dlcli(cfg, task) -> tuple[float, torch.Tensor]:
     optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
     # as dl train decides it (on the CPU: the C++ trainer, built or loaded from torch's cache before the clock starts)
     in_place = task.in_place_training(model, optimizer, cfg.trainer, runtime)
-    batch_size = in_place.batch_size if in_place else resolve_batch_size(cfg.trainer.batch_size, task.size("train"))
-    steps = task.num_batches("train", batch_size)
+    steps = task.num_batches("train", train_batch_size(cfg.trainer, task, in_place))
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, steps * int(cfg.trainer.epochs), "min")
     saved = task.questions, task.similarity, task.show
     task.questions, task.similarity, task.show = [], [], False  # evaluation is timed apart

@@ -102,6 +102,12 @@ def resolve_batch_size(value: Any, n_train: int) -> int:
     return min(value, n_train)
 
 
+def train_batch_size(tcfg: Any, task: Task, in_place: Any = None) -> int:
+    """Rows per training step: the in-place trainer's own size (word2vec on the CPU: corpus words), else
+    trainer.batch_size."""
+    return in_place.batch_size if in_place is not None else resolve_batch_size(tcfg.batch_size, task.size("train"))
+
+
 def is_better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
     if best is None:
         return math.isfinite(value)
@@ -152,8 +158,7 @@ def _fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, schedul
          runtime: Runtime, tcfg: Any, logger: MetricsLogger, reporter: Reporter,
          save: Callable[[str, LoopState], None], state: LoopState, stop: StopRequest, in_place: Any) -> str:
     epochs = int(tcfg.epochs)
-    batch_size = in_place.batch_size if in_place is not None else resolve_batch_size(tcfg.batch_size,
-                                                                                     task.size("train"))
+    batch_size = train_batch_size(tcfg, task, in_place)
     n_batches = task.num_batches("train", batch_size)
     monitor_split, monitor_name = str(tcfg.monitor).split("/", 1)
     scaler = runtime.grad_scaler()

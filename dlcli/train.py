@@ -20,7 +20,8 @@ from dlcli import __version__, distributed
 from dlcli.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from dlcli.data import build_task, check_dataset_config
 from dlcli.errors import UserError, exit_with, report
-from dlcli.loop import Diverged, Interrupted, LoopState, StopRequest, evaluate_split, fit, resolve_batch_size
+from dlcli.loop import (Diverged, Interrupted, LoopState, StopRequest, evaluate_split, fit, resolve_batch_size,
+                        train_batch_size)
 from dlcli.metrics import MetricsLogger, Reporter, SilentLogger, make_console
 from dlcli.models import build_model, check_fit, count_params, summary_table
 from dlcli.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler
@@ -69,8 +70,8 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     train_model = torch.compile(model) if t.compile else model
     optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
     # word2vec on the CPU trains itself, pair by pair, in steps of its own size (dlcli/models/word2vec.py)
-    in_place = task.in_place_training(model, optimizer, t, runtime) if distributed.world_size() == 1 else None
-    batch_size = in_place.batch_size if in_place else resolve_batch_size(t.batch_size, task.size("train"))
+    in_place = task.in_place_training(model, optimizer, t, runtime)
+    batch_size = train_batch_size(t, task, in_place)
     if in_place:
         reporter.say(f"training: word2vec's own SGD, pair by pair, in C++ on {torch.get_num_threads()} thread(s); "
                      f"steps of dataset.cpu_batch_size={batch_size} words")

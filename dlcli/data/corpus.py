@@ -127,8 +127,9 @@ class EmbeddingTask(Task):
         if self.negative < 0:
             raise UserError(f"model.negative={cfg.negative}: noise words per pair, >= 0 (0: hierarchical softmax only)")
         self.keep_prob = keep_probabilities(counts, float(cfg.sample)).float()
-        self.noise_weights = counts.pow(float(cfg.get("ns_exponent", 0.75)))
-        self.noise_cdf = noise_cdf(counts, float(cfg.get("ns_exponent", 0.75)))
+        exponent = float(cfg.get("ns_exponent", 0.75))
+        self.noise_weights = counts.pow(exponent)  # the C++ trainer's alias tables
+        self.noise_cdf = noise_cdf(counts, exponent)  # the batched path's draws
         self.questions = questions or []
         self.similarity = similarity or []
         # what eval_metrics will report (so trainer.monitor=val/analogy is refused up front when there is no file)
@@ -189,10 +190,12 @@ class EmbeddingTask(Task):
         """word2vec's own pair-by-pair SGD in C++ (models/word2vec.py, InPlaceTraining) when the run asks for what
         it computes: the CPU in fp32, plain SGD (no momentum, weight decay or maximize), no gradient clipping, one
         process, the op built. Otherwise None: batched gradients and the optimizer, as for every other model."""
+        from dlcli import distributed
         from dlcli.models.word2vec import InPlaceTraining, cpu_kernel
 
         weights = (model.input.weight, model.output.weight)
         if not (getattr(model, "use_cpu_kernel", False) and self.device.type == "cpu"
+                and distributed.world_size() == 1
                 and runtime.precision == "fp32" and all(w.dtype == torch.float32 for w in weights)
                 and not tcfg.get("clip_grad_norm") and not tcfg.get("clip_grad_value")
                 and type(optimizer) is torch.optim.SGD

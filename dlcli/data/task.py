@@ -58,8 +58,8 @@ class Task:
 
     def in_place_training(self, model: nn.Module, optimizer: torch.optim.Optimizer, tcfg: Any,
                           runtime: Any) -> Any:
-        """An object whose step(batch) trains the model itself, and batches(batch_size, seed) to feed it
-        (word2vec on the CPU); None: the loop's backward and optimizer step."""
+        """An object whose step(batch) trains the model itself, with batches(seed) to feed it and its own
+        batch_size (word2vec on the CPU); None: the loop's backward and optimizer step."""
         return None
 
     # per kind -------------------------------------------------------------------------------------------------------
