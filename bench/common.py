@@ -1,5 +1,5 @@
-"""What every benchmark shares: composing a `dl train` config, building its parts exactly as dlcli/train.py does,
-driving dlcli.loop.fit, the hand-written baseline pieces, fair timing (interleaved repetitions, medians), results.
+"""What every benchmark shares: composing a `dl train` config, building its parts exactly as dlcli/commands/train.py does,
+driving dlcli.engine.loop.fit, the hand-written baseline pieces, fair timing (interleaved repetitions, medians), results.
 
 Nothing in the dlcli package imports this; it needs `pip install -e ".[bench]"` only for the gensim case.
 """
@@ -60,8 +60,7 @@ def data_dir() -> Path:
 
 def compose(overrides: list[str]) -> Any:
     """The config `dl train OVERRIDES` would run with (Hydra's compose API on the shipped conf)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+    from hydra import compose as hydra_compose, initialize_config_module
 
     os.environ.setdefault("DL_DATA_DIR", str(data_dir()))
     with initialize_config_module("dlcli.conf", version_base="1.3"):
@@ -80,12 +79,12 @@ class DlParts:
 
 
 def build_parts(cfg: Any, task: Any = None) -> DlParts:
-    """runtime, task, model, optimizer, scheduler: the same calls in the same order as dlcli.train.run."""
+    """runtime, task, model, optimizer, scheduler: the same calls in the same order as dlcli.commands.train.run."""
     from dlcli.data import build_task
-    from dlcli.loop import resolve_batch_size
+    from dlcli.engine.loop import resolve_batch_size
+    from dlcli.engine.optim import build_optimizer, build_scheduler
+    from dlcli.engine.runtime import setup
     from dlcli.models import build_model
-    from dlcli.optim import build_optimizer, build_scheduler
-    from dlcli.runtime import setup
 
     t = cfg.trainer
     runtime = setup(cfg)
@@ -98,17 +97,18 @@ def build_parts(cfg: Any, task: Any = None) -> DlParts:
 
 
 def run_fit(parts: DlParts, logger_cls: Any = None) -> tuple[float, Any]:
-    """dlcli.loop.fit over cfg.trainer.epochs, as `dl train` runs it, minus the checkpoint writes (the bare loops
+    """dlcli.engine.loop.fit over cfg.trainer.epochs, as `dl train` runs it, minus the checkpoint writes (the bare loops
     save nothing either). Returns (seconds, the metrics logger)."""
-    from dlcli.loop import LoopState, fit
-    from dlcli.metrics import MetricsLogger, Reporter, make_console
+    from dlcli.base.console import make_console
+    from dlcli.engine.logger import MetricsLogger, Reporter
+    from dlcli.engine.loop import LoopState, Training, fit
 
     with tempfile.TemporaryDirectory() as tmp:
         logger = (logger_cls or MetricsLogger)(Path(tmp))
         sync(parts.runtime.device)
         start = time.perf_counter()
-        fit(parts.model, parts.task, parts.optimizer, parts.scheduler, parts.interval, parts.runtime,
-            parts.cfg.trainer, logger, Reporter(make_console(), enabled=False), lambda which, state: None,
+        fit(Training(parts.model, parts.task, parts.optimizer, parts.scheduler, parts.interval, parts.runtime,
+                     parts.cfg.trainer, logger, Reporter(make_console(), enabled=False), lambda which, state: None),
             LoopState())
         sync(parts.runtime.device)
         seconds = time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""Loop overhead: dlcli.loop.fit vs a careful hand-written PyTorch loop, same model, data, batch and optimizer.
+"""Loop overhead: dlcli.engine.loop.fit vs a careful hand-written PyTorch loop, same model, data, batch and optimizer.
 
 Both sides train the same model class (dlcli.models, same config, same seed: same initial weights) on the same
 device-resident tensors with the same batch order, AdamW (decay on matrices, fused kernels) and warm-up + cosine
@@ -41,7 +41,7 @@ def trim(task: Any, steps: int | None, batch: int) -> None:
 def bare_loop(model: torch.nn.Module, task: Any, cfg: Any, device: torch.device,
               precision: str) -> tuple[float, dict[str, float]]:
     """The hand-written loop. Returns (seconds, the last epoch's train and val loss and accuracy)."""
-    from dlcli.loop import epoch_seed  # the same batch order as dl (a person would pick any seed)
+    from dlcli.engine.loop import epoch_seed  # the same batch order as dl (a person would pick any seed)
 
     t = cfg.trainer
     batch, epochs, seed = int(t.batch_size), int(t.epochs), int(t.seed)

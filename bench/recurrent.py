@@ -1,4 +1,4 @@
-"""Recurrent LM throughput: `dl train model=lstm|gru` (dlcli's RecurrentNet through dlcli.loop.fit) vs a bare
+"""Recurrent LM throughput: `dl train model=lstm|gru` (dlcli's RecurrentNet through dlcli.engine.loop.fit) vs a bare
 hand-written embedding -> cuDNN nn.LSTM/nn.GRU -> linear loop, same shape, data, optimizer and clipping.
 
 Shape on CUDA: 2 layers x 512, batch 64, T (block) 256, as the issue asks; on CPU 2 x 128, batch 32, T 64 (the

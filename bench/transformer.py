@@ -98,7 +98,7 @@ def throughput(ctx: Context) -> Result:
 
 def stamped_logger(t0: float) -> Callable[[Path], Any]:
     """The real MetricsLogger, plus the wall time (seconds since t0) of every record, for run_fit."""
-    from dlcli.metrics import MetricsLogger
+    from dlcli.engine.logger import MetricsLogger
 
     class Stamped(MetricsLogger):
         def log(self, step: int, epoch: int, split: str, values: dict[str, float]) -> None:
@@ -109,7 +109,7 @@ def stamped_logger(t0: float) -> Callable[[Path], Any]:
 
 
 def compiled(parts: Any) -> Any:
-    """What dlcli/train.py does with trainer.compile=true."""
+    """What dlcli/commands/train.py does with trainer.compile=true."""
     if parts.cfg.trainer.compile:
         parts.model = torch.compile(parts.model)
     return parts

@@ -4,7 +4,7 @@ Both train on the same tokens: dlcli tokenizes the corpus, builds the vocabulary
 exactly those sentences (min_count=1, as every word left already passed model.min_count). Words/s = training
 words × epochs / training seconds (corpus reading and evaluation excluded, for both). Quality: analogy accuracy
 (questions-words.txt) and Spearman rho (wordsim353), both from gensim's test data, measured on both sets of vectors
-with the same code (dlcli.embeddings; 3CosAdd over the 300k most frequent words, as gensim does).
+with the same code (dlcli.data.word_vectors; 3CosAdd over the 300k most frequent words, as gensim does).
 
     python -m bench.word2vec                              # all of gutenberg, skipgram, 1 epoch, twice each
     python -m bench.word2vec --model cbow --epochs 5
@@ -46,7 +46,7 @@ def sentences_of(task) -> list[list[str]]:
 
 
 def quality(vectors: torch.Tensor, vocab: list[str], questions, pairs) -> dict:
-    from dlcli.embeddings import analogy_accuracy, similarity_spearman, unit_rows
+    from dlcli.data.word_vectors import analogy_accuracy, similarity_spearman, unit_rows
 
     unit = unit_rows(vectors)
     index = {w: i for i, w in enumerate(vocab)}
@@ -59,17 +59,19 @@ def quality(vectors: torch.Tensor, vocab: list[str], questions, pairs) -> dict:
 def run_dlcli(cfg, task) -> tuple[float, torch.Tensor]:
     """The real pieces of `dl train`: model, optimizer, scheduler and loop.fit (no checkpoints, no evaluation
     beyond the loop's own val loss)."""
-    from dlcli.loop import LoopState, fit, train_batch_size
-    from dlcli.metrics import MetricsLogger, Reporter, make_console
+    from dlcli.base.console import make_console
+    from dlcli.engine.in_place import choose_in_place
+    from dlcli.engine.logger import MetricsLogger, Reporter
+    from dlcli.engine.loop import LoopState, Training, fit, train_batch_size
+    from dlcli.engine.optim import build_optimizer, build_scheduler
+    from dlcli.engine.runtime import setup
     from dlcli.models import build_model
-    from dlcli.optim import build_optimizer, build_scheduler
-    from dlcli.runtime import setup
 
     runtime = setup(cfg)
     model = build_model(cfg.model, task.meta)
     optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
     # as dl train decides it (on the CPU: the C++ trainer, built or loaded from torch's cache before the clock starts)
-    in_place = task.in_place_training(model, optimizer, cfg.trainer, runtime)
+    in_place = choose_in_place(task, model, optimizer, cfg.trainer, runtime)
     steps = task.num_batches("train", train_batch_size(cfg.trainer, task, in_place))
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, steps * int(cfg.trainer.epochs), "min")
     saved = task.questions, task.similarity, task.show
@@ -77,8 +79,8 @@ def run_dlcli(cfg, task) -> tuple[float, torch.Tensor]:
     with tempfile.TemporaryDirectory() as tmp:
         logger = MetricsLogger(Path(tmp))
         start = time.perf_counter()
-        fit(model, task, optimizer, scheduler, interval, runtime, cfg.trainer, logger,
-            Reporter(make_console(), enabled=False), lambda which, state: None, LoopState(), in_place=in_place)
+        fit(Training(model, task, optimizer, scheduler, interval, runtime, cfg.trainer, logger,
+                     Reporter(make_console(), enabled=False), lambda which, state: None, in_place), LoopState())
         seconds = time.perf_counter() - start
         logger.close()
     task.questions, task.similarity, task.show = saved
@@ -110,7 +112,7 @@ def compare(corpus: str, model: str, epochs: int, workers: int, repeat: int, onl
     import gensim
 
     from dlcli.data import build_task
-    from dlcli.embeddings import read_analogies, read_similarity
+    from dlcli.data.word_vectors import read_analogies, read_similarity
 
     test_data = Path(gensim.__file__).parent / "test" / "test_data"
     questions = read_analogies(test_data / "questions-words.txt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("DL_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
 HAS_MNIST = (DATA_DIR / "mnist" / "train-images-idx3-ubyte.gz").is_file()
 needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not under {DATA_DIR} (set DL_DATA_DIR)")
+
+# Test-only fault injection (DL_TEST_* variables, tests/hooks/dl_test_hooks.py) from outside dl: in this process, and
+# in every dl process a test starts (Python runs tests/hooks/sitecustomize.py at start-up from PYTHONPATH).
+HOOKS = REPO / "tests" / "hooks"
+os.environ["PYTHONPATH"] = os.pathsep.join([str(HOOKS), *filter(None, [os.environ.get("PYTHONPATH")])])
+sys.path.insert(0, str(HOOKS))
+import dl_test_hooks  # noqa: E402
+
+dl_test_hooks.install()
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One worker per core (pytest-xdist): in-process torch work takes one thread, as the CLI subprocesses do.
@@ -58,9 +68,11 @@ class InProcessCLI(CLI):
     cases that end before any training (user errors); a few of them also run in a real process (test_errors)."""
 
     def __call__(self, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-        from dlcli.cli import app
+        from dlcli.commands.cli import app
 
         saved_env, saved_cwd, code = dict(os.environ), os.getcwd(), 0
+        root = logging.getLogger()
+        saved_handlers, saved_level = list(root.handlers), root.level
         out, err = io.StringIO(), io.StringIO()
         os.environ.pop("DL_DEBUG", None)
         os.environ.update({"DL_DATA_DIR": str(DATA_DIR), **(env or {})})
@@ -74,6 +86,11 @@ class InProcessCLI(CLI):
             os.chdir(saved_cwd)
             os.environ.clear()
             os.environ.update(saved_env)
+            for handler in root.handlers[:]:  # Hydra's train.log handler: not this test process's to keep
+                if handler not in saved_handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            root.setLevel(saved_level)
         return subprocess.CompletedProcess(["dl", *args], code, out.getvalue(), err.getvalue())
 
 

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 from hydra import compose, initialize_config_module
 
-from dlcli import distributed
 from dlcli.data import build_task
+from dlcli.engine import distributed
 from dlcli.models import build_model
 
 CPU = torch.device("cpu")

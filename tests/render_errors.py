@@ -18,7 +18,7 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
 import test_errors as te  # noqa: E402
-from conftest import FAST, CLI  # noqa: E402
+from conftest import CLI, FAST  # noqa: E402
 
 SHOWN = {"GOOD": "best.pt", "RUN": "outputs/runs/<run>", "LM": "lm.pt"}
 

@@ -7,7 +7,6 @@ import json
 import sys
 
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))  # bench/ lives beside the package, not inside it

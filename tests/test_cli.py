@@ -7,7 +7,7 @@ import sys
 
 
 def test_dl_help_lists_commands_and_imports_no_torch():
-    code = ("import sys\nfrom dlcli.cli import app\n"
+    code = ("import sys\nfrom dlcli.commands.cli import app\n"
             "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('torch', 'hydra', 'omegaconf', 'matplotlib') if m in sys.modules]\n"
             "print('HEAVY', heavy)\n")

@@ -9,10 +9,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA_DIR, FAST, needs_mnist
+
+from dlcli.base.errors import UserError
 from dlcli.data.download import find_or_download
-from dlcli.errors import UserError
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import DATA_DIR, FAST, CLI
+from conftest import CLI, DATA_DIR, FAST
 
 GOOD_CSV = "a,b,label\n" + "".join(f"{i},{i % 7},{'x' if i % 2 else 'y'}\n" for i in range(40))
 
@@ -34,7 +33,7 @@ TRAIN_CASES = [
     ("wrong-type", ["trainer.epochs=abc"], "trainer.epochs must be an integer", {}),
     ("unknown-key", ["trainer.epocs=3"], "no key 'trainer.epocs' (did you mean trainer.epochs?)", {}),
     ("list-expected", ["model.hidden_sizes=abc"], "must be a list", {}),
-    ("bad-batch-size", ["trainer.batch_size=-3"], "trainer.batch_size=-3: use a positive integer", {}),
+    ("bad-batch-size", ["trainer.batch_size=-3"], "trainer.batch_size=-3: must be an integer >= 1, or full", {}),
     ("hydra-modes-clash", ["-m", "--cfg", "job"], "cannot go together", {}),
     ("sweep-without-m", ["optimizer=sgd,adam"], "add -m (multirun)", {}),
     ("sweep-bad-value", ["-m", "optimizer=sgd,adamx"], "optimizer=adamx: no such optimizer", {}),
@@ -42,7 +41,7 @@ TRAIN_CASES = [
     ("unknown-experiment", ["-m", "+experiment=lstm_vs_rn"], "experiment=lstm_vs_rn: no such experiment (did you mean lstm_vs_rnn?)", {}),
     ("experiment-without-plus", ["-m", "experiment=lstm_vs_rnn"], "so it is added with a +: dl train -m +experiment=lstm_vs_rnn", {}),
     ("experiment-without-m", ["+experiment=lstm_vs_rnn"], "compares several runs (model=rnn,lstm,gru): add -m", {}),
-    ("bad-devices", ["trainer.devices=0"], "trainer.devices=0: a positive integer", {}),
+    ("bad-devices", ["trainer.devices=0"], "trainer.devices=0: must be an integer in [1, 1024]", {}),
     ("model-data-mismatch", ["model=cnn", "dataset=sine"], "model=cnn does not fit dataset=sine", {}),
     ("csv-no-path", ["dataset=csv"], "dataset=csv needs dataset.path", {}),
     ("csv-missing-file", ["dataset=csv", "dataset.path=nope.csv", "dataset.target=y"],
@@ -270,7 +269,7 @@ def test_failed_run_keeps_the_last_good_checkpoint(dl, args, env, expected):
 
 
 def test_run_dirs_made_in_the_same_second_never_collide(tmp_path):
-    from dlcli.app import fresh_dir
+    from dlcli.commands.hydra_app import fresh_dir
 
     made: list[Path] = []
     threads = [threading.Thread(target=lambda: made.append(fresh_dir(tmp_path / "runs", "_mlp_spirals")))

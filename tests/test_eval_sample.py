@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import FAST, needs_mnist, summary
 
 CSV_ROWS = ["height,weight,colour,kind"] + [

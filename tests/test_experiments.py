@@ -51,7 +51,7 @@ def here(tmp_path, monkeypatch):
 
 
 def train(*args: str) -> None:
-    from dlcli.app import train_cli
+    from dlcli.commands.hydra_app import train_cli
 
     train_cli(list(args))
 
@@ -97,7 +97,7 @@ def test_conf_groups_ship_in_the_wheel():
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_experiment_composes_its_runs_before_any_job(name):
-    from dlcli.app import compose_jobs
+    from dlcli.config.compose import compose_jobs
 
     configs = compose_jobs([f"+experiment={name}"], multirun=True)
     assert len(configs) == len(TINY[name][1])
@@ -105,8 +105,8 @@ def test_experiment_composes_its_runs_before_any_job(name):
 
 
 def test_an_experiment_without_m_says_to_add_it_and_one_of_its_runs_is_fine():
-    from dlcli.app import compose_jobs
-    from dlcli.errors import UserError
+    from dlcli.base.errors import UserError
+    from dlcli.config.compose import compose_jobs
 
     with pytest.raises(UserError, match=r"add -m, as in dl train -m \+experiment=lstm_vs_rnn"):
         compose_jobs(["+experiment=lstm_vs_rnn"], multirun=False)
@@ -168,8 +168,9 @@ def test_a_monitor_no_job_logs_fails_before_any_job(dl):
                                                            "'model.vector_size=choice(16)'"),
 ])
 def test_bad_sweeps_fail_before_any_job(args, message):
-    from dlcli.app import compose_jobs, split_args
-    from dlcli.errors import UserError
+    from dlcli.base.errors import UserError
+    from dlcli.commands.hydra_app import split_args
+    from dlcli.config.compose import compose_jobs
 
     flags, overrides = split_args(args)
     with pytest.raises(UserError) as err:
@@ -180,8 +181,8 @@ def test_bad_sweeps_fail_before_any_job(args, message):
 # ------------------------------------------------------------------------------------------- Optuna and joblib
 def test_optuna_search_space_is_checked_before_any_trial():
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    from dlcli.app import compose_jobs
-    from dlcli.errors import UserError
+    from dlcli.base.errors import UserError
+    from dlcli.config.compose import compose_jobs
 
     def fails(*overrides: str) -> str:
         with pytest.raises(UserError) as err:
@@ -235,7 +236,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(here):
 
 
 def test_missing_plugins_are_named_with_the_extra_to_install():
-    from dlcli.sweeps import composition_hint
+    from dlcli.config.sweeps import composition_hint
 
     hint = composition_hint("In 'hparams_search/mlp_spirals': Could not load 'hydra/sweeper/optuna'.")
     assert hint and "pip install 'dlcli[optuna]'" in hint
@@ -243,8 +244,8 @@ def test_missing_plugins_are_named_with_the_extra_to_install():
 
 
 def test_experiment_without_plus_says_to_add_it():
-    from dlcli.app import compose_jobs
-    from dlcli.errors import UserError
+    from dlcli.base.errors import UserError
+    from dlcli.config.compose import compose_jobs
 
     with pytest.raises(UserError, match=r"added with a \+: dl train -m \+experiment=lstm_vs_rnn$"):
         compose_jobs(["experiment=lstm_vs_rnn"], multirun=True)

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from conftest import FAST, read_jsonl, summary
 from omegaconf import OmegaConf
 
-from conftest import FAST, read_jsonl, summary
 from dlcli.data.language import grammar_sentence, grammar_validity, is_grammatical
-from dlcli.decoding import sample_next
+from dlcli.models.decoding import sample_next
 from dlcli.models.recurrent import RecurrentNet
 
 TINY = ["model.hidden_size=32", "model.embedding_size=16", *FAST]
@@ -122,7 +122,7 @@ def test_echo_state_trains_only_the_readout():
 def test_bidirectional_many_to_one_and_lm_refusal():
     net = _net("gru", kind="classify", bidirectional=True)
     assert net(torch.randint(0, 5, (4, 6))).shape == (4, 3)
-    from dlcli.errors import UserError
+    from dlcli.base.errors import UserError
 
     with pytest.raises(UserError, match="bidirectional=true cannot do language modelling"):
         _net("lstm", kind="lm", bidirectional=True)
@@ -151,7 +151,7 @@ def test_grammar_generator_and_parser_agree():
 
 def test_gradient_through_time_vanishes_for_a_contracting_rnn_not_for_an_open_lstm():
     from dlcli.data.sequence import adding
-    from dlcli.plots import grad_through_time
+    from dlcli.reports.plots import grad_through_time
 
     data = OmegaConf.create({"name": "adding", "seq_len": 30, "n_samples": 200, "val_fraction": 0.2,
                              "test_fraction": 0.2, "seed": 0})

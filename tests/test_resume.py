@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import DATA_DIR, FAST, CLI, read_jsonl
+from conftest import CLI, DATA_DIR, FAST, read_jsonl
 
 # Dropout on, so the RNG state must be restored too; 53 steps an epoch, every step's loss logged.
 ARGS = ["model.dropout=0.2", "dataset.n_samples=600", "trainer.batch_size=8", "trainer.epochs=3",
@@ -90,8 +89,8 @@ def test_signal_finishes_the_step_saves_and_resumes_bit_for_bit(dl, reference, h
     assert "finishing this step and saving" in res.stderr and "Traceback" not in res.stderr
     assert max(r["step"] for r in read_jsonl(run / "metrics.jsonl")) == step
     if how == "RUN":  # a mid-epoch checkpoint is an ordinary one for dl eval (what it runs, in-process)
-        from dlcli.evaluate import restore, restore_task
-        from dlcli.loop import evaluate_split
+        from dlcli.commands.restore import restore, restore_task
+        from dlcli.engine.loop import evaluate_split
 
         r = restore(run / "checkpoints" / "last.pt", [])
         metrics = evaluate_split(r.model, restore_task(r), "test", 256, r.runtime)
@@ -218,8 +217,9 @@ def test_fp16_grad_scaler_state_goes_into_checkpoints_and_back(monkeypatch, tmp_
     loaded on resume, so a resumed run scales as the uninterrupted one did. Driven in-process on the CPU with a
     CPU GradScaler standing in for the CUDA one."""
     from bench.common import build_parts, compose
-    from dlcli.loop import LoopState, fit
-    from dlcli.metrics import MetricsLogger, Reporter, make_console
+    from dlcli.base.console import make_console
+    from dlcli.engine.logger import MetricsLogger, Reporter
+    from dlcli.engine.loop import LoopState, Training, fit
 
     cfg = compose(["trainer.epochs=2", "dataset.n_samples=300", "device=cpu"])
     parts = build_parts(cfg)
@@ -235,11 +235,11 @@ def test_fp16_grad_scaler_state_goes_into_checkpoints_and_back(monkeypatch, tmp_
     def save(which, state):
         saved[which] = LoopState.from_dict(json.loads(json.dumps(state.as_dict(), default=str)))
 
-    args = (parts.task, parts.optimizer, parts.scheduler, parts.interval, parts.runtime, cfg.trainer,
-            MetricsLogger(tmp_path), Reporter(make_console(), enabled=False), save)
-    fit(parts.model, *args, LoopState())
+    training = Training(parts.model, parts.task, parts.optimizer, parts.scheduler, parts.interval, parts.runtime,
+                        cfg.trainer, MetricsLogger(tmp_path), Reporter(make_console(), enabled=False), save)
+    fit(training, LoopState())
     grown = scalers[0].state_dict()
     assert grown["scale"] > 1024.0  # finite steps grew it (every 3 steps): the state worth keeping
     assert saved["last"].grad_scaler == grown
-    fit(parts.model, *args, LoopState.from_dict({**saved["last"].as_dict(), "epoch": 1}))
+    fit(training, LoopState.from_dict({**saved["last"].as_dict(), "epoch": 1}))
     assert scalers[1].get_scale() > grown["scale"]  # went on from the saved scale (from 1024 it would end at it)

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CLI, read_jsonl
 from typer.testing import CliRunner
 
-from conftest import CLI, read_jsonl
-from dlcli.cli import app
+from dlcli.commands.cli import app
 
 SWEEP_ARGS = ["-m", "optimizer.lr=0.01,0.003", "trainer.epochs=2", "dataset.n_samples=300",
               "trainer.log_every_n_steps=2", "trainer.summary=false", "logger=tensorboard"]
@@ -210,7 +210,7 @@ def test_dl_runs_subprocess(outputs):
 def test_layer_groups_stay_readable():
     from torch import nn
 
-    from dlcli.grad_norms import layer_groups
+    from dlcli.engine.grad_norms import layer_groups
 
     mlp = nn.Sequential(nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8)), nn.Linear(8, 2))
     assert [n for n, _ in layer_groups(mlp)] == ["0.0", "0.2", "1"]

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import DATA_DIR, FAST, summary
 from omegaconf import OmegaConf
 
-from conftest import DATA_DIR, FAST, summary
+from dlcli.base.tokens import BOS, EOS, PAD
 from dlcli.data import build_task
-from dlcli.data.pairs import BOS, EOS, PAD
-from dlcli.decoding import beam_search, greedy_decode
 from dlcli.models import build_model
+from dlcli.models.decoding import beam_search, greedy_decode
 
 LOSS = OmegaConf.create({"name": "auto", "label_smoothing": 0.0})
 TINY = {"n_train": 200, "n_val": 40, "n_test": 40}

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
+from conftest import DATA_DIR, FAST, REPO, read_jsonl, summary
 from omegaconf import OmegaConf
 
-from conftest import DATA_DIR, FAST, REPO, read_jsonl, summary
+from dlcli.base.errors import UserError
 from dlcli.data import build_task
-from dlcli.errors import UserError
 from dlcli.models.transformer import build
 
 CFG = OmegaConf.load(REPO / "conf" / "model" / "transformer.yaml")
@@ -161,7 +161,7 @@ def test_user_errors_name_the_key(over, message):
 
 
 def test_noam_schedule_warms_up_then_decays_as_inverse_sqrt():
-    from dlcli.optim import build_scheduler
+    from dlcli.engine.optim import build_scheduler
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched, interval = build_scheduler(OmegaConf.create({"name": "noam", "warmup": 10}), opt, 1000, "min")

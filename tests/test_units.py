@@ -10,11 +10,11 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from dlcli.app import split_args
-from dlcli.checkpoint import atomic_save
-from dlcli.data.task import Task, split_indices
-from dlcli.loop import epoch_seed, is_better, resolve_batch_size
-from dlcli.optim import build_optimizer, build_scheduler
+from dlcli.base.task import Task, split_indices
+from dlcli.commands.hydra_app import split_args
+from dlcli.engine.checkpoint import atomic_save
+from dlcli.engine.loop import epoch_seed, is_better, resolve_batch_size
+from dlcli.engine.optim import build_optimizer, build_scheduler
 
 
 def compose_cfg(*overrides: str):

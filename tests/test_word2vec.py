@@ -8,13 +8,14 @@ import math
 
 import pytest
 import torch
+from conftest import FAST, read_jsonl
 from omegaconf import OmegaConf
 
-from conftest import FAST, read_jsonl
+from dlcli.base.errors import UserError
+from dlcli.commands.sample_embeddings import parse_analogy
 from dlcli.data.corpus import (EmbeddingTask, keep_probabilities, noise_cdf, relation_questions, relation_sentences,
                                tokenizer)
-from dlcli.embeddings import (analogy_accuracy, parse_analogy, read_analogies, read_similarity, spearman, unit_rows)
-from dlcli.errors import UserError
+from dlcli.data.word_vectors import analogy_accuracy, read_analogies, read_similarity, spearman, unit_rows
 
 SHORT = [*FAST, "dataset.sentences=24000", "trainer.epochs=3"]
 
@@ -212,6 +213,16 @@ def test_skipgram_learns_planted_pairs_and_exports_vectors_gensim_loads(dl, tmp_
     dl.ok("export", str(run), "--binary", "--out", str(tmp_path / "v.bin"))
     kb = gensim.models.KeyedVectors.load_word2vec_format(str(tmp_path / "v.bin"), binary=True)
     assert torch.allclose(torch.from_numpy(kb.vectors), ckpt["model"]["input.weight"])
+    # a user's file is never replaced without --force, a directory is no file, nothing half-written is left
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes\n")
+    res = dl("export", str(run), "--out", str(mine))
+    assert res.returncode == 2 and "the file exists; add --force" in res.stderr and mine.read_text() == "my notes\n"
+    res = dl("export", str(run), "--out", str(tmp_path))
+    assert res.returncode == 2 and "that is a directory" in res.stderr
+    assert not list(tmp_path.rglob("*.part"))
+    dl.ok("export", str(run), "--out", str(mine), "--force")
+    assert mine.read_text().startswith(f"{len(vocab)} ")
     out = dl.ok("sample", str(run), "--analogy", "king - man + woman", "--topn", "3").stdout
     assert "queen" in out
     assert "queen" in dl.ok("sample", str(run), "--word", "king", "--topn", "5").stdout
@@ -424,18 +435,18 @@ def test_in_place_draws_negatives_subsampling_and_windows_with_the_right_shape()
 
 
 def in_place_for(overrides: list[str]):
-    from dlcli.app import compose_jobs
+    from dlcli.config.compose import compose_jobs
     from dlcli.data import build_task
+    from dlcli.engine.in_place import choose_in_place
+    from dlcli.engine.optim import build_optimizer
+    from dlcli.engine.runtime import setup
     from dlcli.models import build_model
-    from dlcli.optim import build_optimizer
-    from dlcli.runtime import setup
 
     (cfg,) = compose_jobs(["model=skipgram", "dataset.sentences=200", "device=cpu", *overrides], multirun=False)
     runtime = setup(cfg)
     task = build_task(cfg.dataset, cfg.loss, runtime.device)
     model = build_model(cfg.model, task.meta)
-    return task.in_place_training(model, build_optimizer(cfg.optimizer, model, runtime.device), cfg.trainer,
-                                  runtime)
+    return choose_in_place(task, model, build_optimizer(cfg.optimizer, model, runtime.device), cfg.trainer, runtime)
 
 
 def test_in_place_training_only_when_the_run_is_plain_sgd_on_the_cpu():

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlcli.data.task import Task, split_indices
-from dlcli.errors import UserError, choices
+from dlcli.base.errors import UserError, choices
+from dlcli.base.task import Task, split_indices
 
 SHAPES = ("circle", "square", "triangle", "cross")
 
@@ -170,3 +170,7 @@ def shapes(cfg: Any, loss_cfg: Any) -> Task:
     meta = {"input_shape": [1, size, size], "num_classes": len(names), "class_names": names,
             "pixel_mean": 0.0, "pixel_std": 1.0}
     return make_task("classify", x, label, _split(cfg, n), meta, loss_cfg)
+
+
+# The datasets this file builds, by the `name` of their conf/dataset/NAME.yaml: builder(cfg.dataset, cfg.loss)
+DATASETS = {"spirals": spirals, "sine": sine, "shapes": shapes}

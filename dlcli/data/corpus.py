@@ -20,8 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dlcli.data.task import Task
-from dlcli.errors import UserError
+from dlcli.base.errors import UserError
+from dlcli.base.task import Task
+from dlcli.data.download import download_zip_member, sha256_of
+from dlcli.data.word_vectors import evaluate_embeddings, finish_run, read_analogies, read_similarity, save_word2vec
+from dlcli.models.word2vec import InPlaceTraining, cpu_kernel
 
 MAX_SENTENCE = 10_000  # gensim truncates longer sentences; we cut them into pieces of this size
 TEXT8 = {"url": "http://mattmahoney.net/dc/text8.zip", "member": "text8",
@@ -185,28 +188,19 @@ class EmbeddingTask(Task):
         negatives = torch.searchsorted(self.noise_cdf, u).clamp_(max=len(self.noise_cdf) - 1)
         return ids, contexts, negatives
 
-    def in_place_training(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tcfg: Any,
-                          runtime: Any) -> Any:
-        """word2vec's own pair-by-pair SGD in C++ (models/word2vec.py, InPlaceTraining) when the run asks for what
-        it computes: the CPU in fp32, plain SGD (no momentum, weight decay or maximize), no gradient clipping, one
-        process, the op built. Otherwise None: batched gradients and the optimizer, as for every other model."""
-        from dlcli import distributed
-        from dlcli.models.word2vec import InPlaceTraining, cpu_kernel
-
+    def in_place_training(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                          deterministic: bool) -> InPlaceTraining | None:
+        """word2vec's own pair-by-pair SGD in C++ (models/word2vec.py, InPlaceTraining) for a run the engine found
+        plain enough (engine/in_place.py), when the model wants it (model.cpu_kernel), its tables are fp32 and the op
+        builds."""
         weights = (model.input.weight, model.output.weight)
-        if not (getattr(model, "use_cpu_kernel", False) and self.device.type == "cpu"
-                and distributed.world_size() == 1
-                and runtime.precision == "fp32" and all(w.dtype == torch.float32 for w in weights)
-                and not tcfg.get("clip_grad_norm") and not tcfg.get("clip_grad_value")
-                and type(optimizer) is torch.optim.SGD
-                and all(not g["momentum"] and not g["weight_decay"] and not g["maximize"]
-                        for g in optimizer.param_groups)):
+        if not (getattr(model, "use_cpu_kernel", False) and all(w.dtype == torch.float32 for w in weights)):
             return None
         kernel = cpu_kernel()
         if kernel is None:
             return None
         return InPlaceTraining(model, kernel, self.splits["train"], self.keep_prob, self.noise_weights, self.window,
-                               optimizer, bool(tcfg.get("deterministic", False)), self.cpu_batch_size)
+                               optimizer, deterministic, self.cpu_batch_size)
 
     def step(self, model: torch.nn.Module, batch: tuple) -> tuple[Tensor, dict[str, Tensor]]:
         loss_sum, pairs = model.loss(*batch)
@@ -221,19 +215,13 @@ class EmbeddingTask(Task):
         return {"loss": float(stats["loss_sum"]) / max(pairs, 1.0)}
 
     def eval_metrics(self, model: torch.nn.Module, split: str) -> dict[str, float]:
-        from dlcli.embeddings import evaluate_embeddings
-
         return evaluate_embeddings(self, model, show=self.show and split == "val")
 
     def final_metrics(self, model: torch.nn.Module) -> dict[str, float]:
-        from dlcli.embeddings import finish_run
-
         return finish_run(self, model)
 
     def write_outputs(self, model: torch.nn.Module, run_dir: Path) -> list[Path]:
         """Every `dl train` run leaves vectors.txt (word2vec text format) that gensim and other tools load."""
-        from dlcli.embeddings import save_word2vec
-
         return [save_word2vec(run_dir / "vectors.txt", self.meta["vocab"], model.vectors())]
 
 
@@ -277,12 +265,8 @@ def corpus_task(lines: Iterable[str], cfg: Any, name: str, questions: list | Non
             "corpus_words": int(len(stream)), "train_words": int(len(splits["train"][0])),
             "lowercase": bool(cfg.get("lowercase", True))}
     if questions is None and cfg.get("analogies"):
-        from dlcli.embeddings import read_analogies
-
         questions = read_analogies(cfg.analogies, lowercase=meta["lowercase"])
     if similarity is None and cfg.get("similarity"):
-        from dlcli.embeddings import read_similarity
-
         similarity = read_similarity(cfg.similarity, lowercase=meta["lowercase"])
     return EmbeddingTask(splits, meta, cfg, questions, similarity)
 
@@ -315,8 +299,6 @@ def gutenberg(cfg: Any, loss_cfg: Any, **_: Any) -> EmbeddingTask:
 
 def text8(cfg: Any, loss_cfg: Any, **_: Any) -> EmbeddingTask:
     """text8 (Matt Mahoney, first 10^8 bytes of Wikipedia, cleaned): <root>/text8/text8, else downloaded."""
-    from dlcli.data.download import sha256_of
-
     root = Path(str(cfg.root)).expanduser()
     sha = str(cfg.get("sha256") or TEXT8["sha256"])
     found = next((p for p in (root / "text8" / "text8", root / "text8") if p.is_file()), None)
@@ -327,8 +309,6 @@ def text8(cfg: Any, loss_cfg: Any, **_: Any) -> EmbeddingTask:
         if not cfg.download:
             raise UserError(f"text8 not found under {root} (looked for {root / 'text8' / 'text8'}) and "
                             "dataset.download=false")
-        from dlcli.data.download import download_zip_member
-
         found = download_zip_member(str(cfg.get("url") or TEXT8["url"]), TEXT8["member"], root / "text8" / "text8",
                                     sha)
     return corpus_task(read_lines(found, "text8"), cfg, "text8")
@@ -420,3 +400,7 @@ def relations(cfg: Any, loss_cfg: Any, **_: Any) -> EmbeddingTask:
     lines = relation_sentences(n, int(cfg.get("seed", 0)))
     return corpus_task(lines, cfg, "relations", questions=None if cfg.get("analogies") else relation_questions(),
                        similarity=None if cfg.get("similarity") else relation_similarity())
+
+
+# The datasets this file builds, by the `name` of their conf/dataset/NAME.yaml: builder(cfg.dataset, cfg.loss)
+DATASETS = {"relations": relations, "text8": text8, "gutenberg": gutenberg, "corpus": corpus_file}

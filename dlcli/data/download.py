@@ -6,10 +6,11 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from dlcli.errors import UserError
+from dlcli.base.errors import UserError
 
 
 def read_user_text(path: str | Path, what: str, encoding: str = "utf-8") -> str:
@@ -22,7 +23,6 @@ def read_user_text(path: str | Path, what: str, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as e:
         raise UserError(f"{what}={path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
-
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -30,10 +30,10 @@ def sha256_of(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
 def download(url: str, dest: Path, sha256: str | None) -> Path:
     """Fetch url to dest through dest.part; a sha256 mismatch removes the partial file and raises UserError.
     sha256=None only where the content is checked after unpacking (download_zip_member)."""
+    # only when downloading
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,6 @@ def download(url: str, dest: Path, sha256: str | None) -> Path:
                         "the partial file was removed (a bad mirror or a broken transfer): try again")
     os.replace(part, dest)
     return dest
-
 
 def find_or_download(name: str, root: str | Path, subdirs: tuple[str, ...], files: dict[str, str], base_url: str,
                      allow_download: bool, fetch: Callable[[str, Path, str], Path] | None = None) -> dict[str, Path]:
@@ -93,11 +92,9 @@ def find_or_download(name: str, root: str | Path, subdirs: tuple[str, ...], file
                             "or set DL_DATA_DIR / dataset.root to a directory that has them") from None
     return out
 
-
 def download_zip_member(url: str, member: str, dest: Path, sha256: str) -> Path:
     """Fetch a zip, extract one member to dest and check the member's sha256 (the archive's own bytes may differ
     between mirrors; the text we train on may not)."""
-    import zipfile
 
     archive = download(url, dest.with_name(dest.name + ".zip"), None)
     part = dest.with_name(dest.name + ".part")

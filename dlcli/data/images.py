@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dlcli.base.errors import UserError
 from dlcli.data.classification import ClassifyTask
 from dlcli.data.download import find_or_download
-from dlcli.errors import UserError
 
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -81,7 +81,7 @@ def idx_dataset(cfg: Any, loss_cfg: Any) -> ClassifyTask:
 
 def load_image_files(paths: list[str], meta: dict) -> Tensor:
     """User images -> a batch shaped like the training inputs (grayscale or RGB, resized, normalised)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # Pillow: optional, only for the user's own image files
 
     channels, height, width = meta["input_shape"]
     mode = "L" if channels == 1 else "RGB"
@@ -97,3 +97,7 @@ def load_image_files(paths: list[str], meta: dict) -> Tensor:
         a = a[None] if channels == 1 else a.permute(2, 0, 1)
         out.append((a - meta.get("pixel_mean", 0.0)) / meta.get("pixel_std", 1.0))
     return torch.stack(out)
+
+
+# The datasets this file builds, by the `name` of their conf/dataset/NAME.yaml: builder(cfg.dataset, cfg.loss)
+DATASETS = {"mnist": idx_dataset, "fashion_mnist": idx_dataset}

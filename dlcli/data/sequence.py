@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dlcli.base.errors import UserError
+from dlcli.base.task import Task, split_indices
 from dlcli.data.classification import label_smoothing_for, make_task
-from dlcli.data.task import Task, split_indices
-from dlcli.errors import UserError
 
 IGNORE = -100  # target of the steps that are not scored
 
@@ -105,3 +105,7 @@ def copy(cfg: Any, loss_cfg: Any) -> Task:
     idx = split_indices(n, float(cfg.val_fraction), float(cfg.test_fraction), int(cfg.seed))
     splits = {name: (x[i], y[i]) for name, i in zip(("train", "val", "test"), idx)}
     return TagTask(splits, meta, loss_cfg)
+
+
+# The datasets this file builds, by the `name` of their conf/dataset/NAME.yaml: builder(cfg.dataset, cfg.loss)
+DATASETS = {"adding": adding, "copy": copy, "parity": parity}

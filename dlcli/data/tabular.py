@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dlcli.base.errors import UserError
+from dlcli.base.task import split_indices
 from dlcli.data.classification import make_task
 from dlcli.data.download import read_user_text
-from dlcli.data.task import split_indices
-from dlcli.errors import UserError
 
 MISSING = {"", "na", "nan", "null", "none", "?"}
 MAX_CLASSES_FOR_AUTO = 20
@@ -179,3 +179,7 @@ def csv_dataset(cfg: Any, loss_cfg: Any, preprocessing: dict | None = None):
         meta.update(output_size=1, targets=[prep["target"]], target_mean=prep["target_mean"],
                     target_std=prep["target_std"])
     return make_task(prep["kind"], x, y, idx, meta, loss_cfg)
+
+
+# The datasets this file builds, by the `name` of their conf/dataset/NAME.yaml: builder(cfg.dataset, cfg.loss)
+DATASETS = {"csv": csv_dataset}

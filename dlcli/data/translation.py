@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from dlcli.base.errors import UserError
 from dlcli.data.download import download_zip_member, find_or_download, read_user_text
 from dlcli.data.pairs import Seq2SeqTask, make_seq2seq_task, stored_vocabs, tokens_of
-from dlcli.errors import UserError
 
 ENG_FRA = {"file": "eng-fra.txt", "subdirs": ("eng-fra",),
            "sha256": "2546838ae46e0eac4c02ab7032ea0a02a006074a5340077a36a9444f41e02888",
@@ -103,3 +103,7 @@ def pairs_file(cfg: Any, loss_cfg: Any, stored_meta: dict | None = None) -> Seq2
         raise UserError(f"dataset.path={cfg.path}: {len(pairs)} usable pairs; need at least 10")
     return make_seq2seq_task(split_by_source(pairs, cfg), levels, loss_cfg, int(cfg.min_freq),
                              stored_vocabs(stored_meta))
+
+
+# The datasets this file builds, by the `name` of their conf/dataset/NAME.yaml: builder(cfg.dataset, cfg.loss)
+DATASETS = {"eng_fra": eng_fra, "pairs": pairs_file}

@@ -1,70 +1,47 @@
-"""build_model(cfg.model, task.meta) -> nn.Module. A model family per file; each declares the data it fits."""
+"""build_model(cfg.model, task.meta) -> nn.Module. A model family per file, declared once there (FAMILIES: how to
+build it, the data it fits, one line about it); its settings in conf/model/NAME.yaml, its default dataset in
+conf/dataset/auto/NAME.yaml. The fit check, dl train --help and the tests derive from these."""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from typing import Any
 
+import torch
+from rich.table import Table
 from torch import nn
 
-from dlcli.errors import UserError, choices
-
-# name -> module with build(cfg, meta)
-MODULES = {"mlp": "dlcli.models.mlp", "cnn": "dlcli.models.cnn", "rnn": "dlcli.models.recurrent",
-           "lstm": "dlcli.models.recurrent", "gru": "dlcli.models.recurrent",
-           "seq2seq": "dlcli.models.seq2seq", "attention": "dlcli.models.seq2seq",
-           "transformer": "dlcli.models.transformer",
-           "cbow": "dlcli.models.word2vec", "skipgram": "dlcli.models.word2vec"}
-SEQUENCE_FITS = {("regress", "sequence"), ("classify", "sequence"), ("tag", "sequence"), ("lm", "text")}
-# name -> the (task kind, input) pairs it can learn
-FITS = {
-    "mlp": {("classify", "vector"), ("regress", "vector"), ("classify", "image"), ("regress", "image"),
-            ("auto", "vector")},
-    "cnn": {("classify", "image")},
-    "rnn": SEQUENCE_FITS,
-    "lstm": SEQUENCE_FITS,
-    "gru": SEQUENCE_FITS,
-    "seq2seq": {("seq2seq", "pairs")},
-    "attention": {("seq2seq", "pairs")},
-    "transformer": {("seq2seq", "pairs"), ("lm", "text")},
-    "cbow": {("embedding", "corpus")},
-    "skipgram": {("embedding", "corpus")},
-}
-# dataset name -> (kind, input) of the built-in dataset configs, for listing what a model fits
-DATASET_SHAPES = {"spirals": ("classify", "vector"), "sine": ("regress", "vector"), "shapes": ("classify", "image"),
-                  "mnist": ("classify", "image"), "fashion_mnist": ("classify", "image"), "csv": ("auto", "vector"),
-                  "adding": ("regress", "sequence"), "parity": ("classify", "sequence"), "copy": ("tag", "sequence"),
-                  "grammar": ("lm", "text"), "shakespeare": ("lm", "text"), "text": ("lm", "text"),
-                  "reverse": ("seq2seq", "pairs"), "sort": ("seq2seq", "pairs"), "dates": ("seq2seq", "pairs"),
-                  "addition": ("seq2seq", "pairs"), "eng_fra": ("seq2seq", "pairs"), "pairs": ("seq2seq", "pairs"),
-                  "relations": ("embedding", "corpus"), "text8": ("embedding", "corpus"),
-                  "gutenberg": ("embedding", "corpus"), "corpus": ("embedding", "corpus")}
+from dlcli.base.errors import UserError, choices
+from dlcli.models.family import Family
 
 
-def check_fit(model_name: str, dataset_cfg: Any) -> None:
-    if model_name not in MODULES:
-        raise UserError(f"model.name={model_name}: no such model{choices(model_name, MODULES)}")
-    pair = (dataset_cfg.get("kind"), dataset_cfg.get("input"))
-    if pair not in FITS[model_name]:
-        fits = sorted(d for d, p in DATASET_SHAPES.items() if p in FITS[model_name])
-        raise UserError(f"model={model_name} does not fit dataset={dataset_cfg.name} (a {pair[0]} task on "
-                        f"{pair[1]} inputs); datasets for {model_name}: {', '.join(fits)}")
+@functools.cache
+def families() -> dict[str, Family]:
+    """Every built-in family, from the FAMILIES each model file declares (adding one: its file and its YAML)."""
+    found: dict[str, Family] = {}
+    for info in pkgutil.iter_modules(__path__):
+        found.update(getattr(importlib.import_module(f"{__name__}.{info.name}"), "FAMILIES", {}))
+    return found
+
+
+def family(name: str) -> Family:
+    found = families()
+    if name not in found:
+        raise UserError(f"model.name={name}: no such model{choices(name, found)}")
+    return found[name]
 
 
 def build_model(cfg: Any, meta: dict) -> nn.Module:
-    if cfg.name not in MODULES:
-        raise UserError(f"model.name={cfg.name}: no such model{choices(cfg.name, MODULES)}")
-    return importlib.import_module(MODULES[cfg.name]).build(cfg, meta)
+    return family(cfg.name).build(cfg, meta)
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
 def summary_table(model: nn.Module, example: Any, title: str) -> tuple[Any, str]:
     """Keras-style summary: each leaf layer's output shape and parameter count (from one forward pass)."""
-    import torch
-    from rich.table import Table
 
     rows: list[tuple[str, str, str, int]] = []
     hooks = []

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dlcli.errors import UserError
+from dlcli.base.errors import UserError
 from dlcli.models.common import activation, int_list
+from dlcli.models.family import Family
 from dlcli.models.mlp import MLP
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}
@@ -88,3 +89,7 @@ class CNN(nn.Module):
 
 def build(cfg: Any, meta: dict) -> CNN:
     return CNN(meta["input_shape"], meta["num_classes"], cfg)
+
+
+FAMILIES = {"cnn": Family(build, {("classify", "image")},
+                          "convolutional net: conv -> [batch norm] -> activation -> [pool] blocks, then an MLP head")}

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from dlcli.errors import UserError, choices
+from dlcli.base.errors import UserError, choices
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
 

@@ -7,8 +7,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from dlcli.base.errors import UserError
 from dlcli.models.common import activation, int_list
-from dlcli.errors import UserError
+from dlcli.models.family import Family
 
 NORMS = {"none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
@@ -42,3 +43,8 @@ def build(cfg: Any, meta: dict) -> MLP:
     out = meta.get("num_classes") or meta["output_size"]
     return MLP(math.prod(meta["input_shape"]), out, int_list(cfg.hidden_sizes, "model.hidden_sizes") if
                cfg.hidden_sizes else [], cfg.activation, float(cfg.dropout), cfg.norm)
+
+
+FAMILIES = {"mlp": Family(build, {("classify", "vector"), ("regress", "vector"), ("classify", "image"),
+                                  ("regress", "image"), ("auto", "vector")},
+                          "multi-layer perceptron: Linear -> [norm] -> activation -> [dropout] per hidden layer")}

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dlcli.errors import UserError
+from dlcli.base.errors import UserError
+from dlcli.models.family import Family
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 POOLS = ("last", "mean", "max")
@@ -166,3 +167,11 @@ class RecurrentNet(nn.Module):
 
 def build(cfg: Any, meta: dict) -> RecurrentNet:
     return RecurrentNet(cfg, meta)
+
+
+SEQUENCES = {("regress", "sequence"), ("classify", "sequence"), ("tag", "sequence"), ("lm", "text")}
+FAMILIES = {
+    "rnn": Family(build, SEQUENCES, "Elman RNN (cuDNN nn.RNN): sequence regression/classification, tagging, LMs"),
+    "lstm": Family(build, SEQUENCES, "LSTM (cuDNN nn.LSTM): sequence regression/classification, tagging, LMs"),
+    "gru": Family(build, SEQUENCES, "GRU (cuDNN nn.GRU): sequence regression/classification, tagging, LMs"),
+}

@@ -9,7 +9,7 @@ output, combine [h; context] through tanh). A teacher-forcing ratio below 1 deco
 model's own argmax back in with probability 1 - ratio (optionally scheduled from `teacher_forcing` to
 `teacher_forcing_end` over the epochs).
 
-Decoding API (dlcli/decoding.py): encode(src) -> Memory; decode_step(tokens, memory, state) -> (logits, state,
+Decoding API (dlcli/models/decoding.py): encode(src) -> Memory; decode_step(tokens, memory, state) -> (logits, state,
 attention weights or None); reorder_state(state, index).
 """
 
@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from dlcli.data.pairs import PAD
-from dlcli.errors import UserError
+from dlcli.base.errors import UserError
+from dlcli.base.tokens import PAD
+from dlcli.models.family import Family
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 SCORES = ("additive", "dot", "general")
@@ -159,3 +160,11 @@ class EncoderDecoder(nn.Module):
 
 def build(cfg: Any, meta: dict) -> EncoderDecoder:
     return EncoderDecoder(cfg, meta)
+
+
+FAMILIES = {
+    "seq2seq": Family(build, {("seq2seq", "pairs")},
+                      "RNN encoder-decoder conditioned on the encoder's final state (Sutskever 2014)"),
+    "attention": Family(build, {("seq2seq", "pairs")},
+                        "RNN encoder-decoder with attention over the encoder states (Bahdanau 2015, Luong 2015)"),
+}

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlcli.data.pairs import PAD
-from dlcli.errors import UserError, choices
+from dlcli.base.errors import UserError, choices
+from dlcli.base.tokens import PAD
+from dlcli.models.family import Family
 
 NORMS = ("pre", "post")
 POSITIONALS = ("sinusoidal", "learned", "none")
@@ -327,3 +328,7 @@ def build(cfg: Any, meta: dict) -> nn.Module:
     if meta["kind"] == "seq2seq":
         return TransformerSeq2Seq(s, meta)
     raise UserError(f"model=transformer cannot learn a {meta['kind']} task; it does lm and seq2seq")
+
+
+FAMILIES = {"transformer": Family(build, {("seq2seq", "pairs"), ("lm", "text")},
+                                  "Transformer (Vaswani 2017): encoder-decoder for pairs, decoder-only for LMs")}

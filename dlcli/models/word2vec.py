@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlcli.errors import UserError
+from dlcli.base.errors import UserError
+from dlcli.models.family import Family
 
 OBJECTIVES = ("skipgram", "cbow")
 
@@ -108,7 +109,7 @@ class InPlaceTraining:
     subsampling, dynamic windows and negatives (k per pair, from unigram^ns_exponent) and takes an SGD step per pair
     straight in the tables, at the optimizer's current lr (the linear schedule still sets it every step); the chunk's
     pieces train at once on torch's threads (one piece under trainer.deterministic). No gradient, no
-    optimizer.step(): the loop calls step() instead (EmbeddingTask.in_place_training decides when).
+    optimizer.step(): the loop calls step() instead (engine/in_place.py decides when).
 
     A step is `batch_size` corpus words (dataset.cpu_batch_size; gensim's jobs are 10,000): each pair takes its own
     step inside it, so the size only sets how often the lr moves and the loss is logged, and how often the threads'
@@ -233,7 +234,7 @@ def cpu_kernel() -> Any:
     global _KERNEL
     if _KERNEL is None:
         try:
-            from torch.utils.cpp_extension import load
+            from torch.utils.cpp_extension import load  # slow to import: only when the CPU kernel is built/loaded
 
             _ninja_on_path()
 
@@ -253,7 +254,7 @@ def _ninja_on_path() -> None:
     """torch runs `ninja` from PATH: put the ninja package's binary there (a venv's bin is not on PATH when its
     `dl` is run without activating it)."""
     try:
-        import ninja
+        import ninja  # optional: pip's ninja, when present
     except ImportError:
         return
     if not hasattr(ninja, "BIN_DIR"):  # a package named ninja that is not the PyPI one
@@ -316,3 +317,9 @@ def build(cfg: Any, meta: dict) -> Word2Vec:
     return Word2Vec(int(meta["vocab_size"]), size, str(cfg.name), negative=int(negative),
                     group=int(cfg.negative_group), cpu_kernel=bool(cfg.get("cpu_kernel", True)),
                     counts=[int(c) for c in meta["counts"]] if hs else None)
+
+
+FAMILIES = {
+    "cbow": Family(build, {("embedding", "corpus")}, "word2vec CBOW: the context's mean predicts the word (gensim sg=0)"),
+    "skipgram": Family(build, {("embedding", "corpus")}, "word2vec skip-gram: the word predicts its context (gensim sg=1)"),
+}

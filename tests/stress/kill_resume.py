@@ -27,7 +27,9 @@ ARGS = ["model.dropout=0.2", "dataset.n_samples=600", "trainer.batch_size=8", "t
         "trainer.log_every_n_steps=1", "trainer.summary=false", "trainer.plots=false"]
 STEPS = 3 * 53          # 53 steps an epoch
 SAVES = 6               # best + last per epoch (val loss improves every epoch with these settings)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+HOOKS = Path(__file__).resolve().parents[1] / "hooks"  # the DL_TEST_* fault injection (tests/hooks/)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+       "PYTHONPATH": os.pathsep.join([str(HOOKS), *filter(None, [os.environ.get("PYTHONPATH")])])}
 ENV.pop("DL_DEBUG", None)
 
 
@@ -94,7 +96,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args()
     rng = random.Random(a.seed)
-    from dlcli.checkpoint import load_checkpoint
+    from dlcli.engine.checkpoint import load_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="dl-kill-") as tmp:
         ref_dir = Path(tmp) / "reference"

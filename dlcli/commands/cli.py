@@ -1,0 +1,275 @@
+"""The `dl` command (Typer). No torch import at module level: `dl --help` must stay fast."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from dlcli.base.errors import UserError, exit_with
+
+app = typer.Typer(
+    name="dl",
+    help="Train the classic deep-learning models from the command line: MLP, CNN, RNN/LSTM/GRU, seq2seq, "
+    "attention, Transformer, word2vec.\n\n"
+    "Examples:\n\n"
+    "  dl train                                   # MLP on generated spirals, offline\n\n"
+    "  dl train model=cnn dataset=mnist           # CNN on MNIST\n\n"
+    "  dl train -m optimizer=sgd,adam trainer.epochs=5   # a sweep: one run per combination\n\n"
+    "  dl eval outputs/runs/<run>/checkpoints/best.pt\n\n"
+    "  dl sample outputs/runs/<run>/checkpoints/best.pt",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+def _guard(fn: Callable[[], Any]) -> None:
+    """Run a command; a UserError becomes one red line and exit 2, Ctrl-C exits 130."""
+    try:
+        fn()
+    except UserError as e:
+        exit_with(e)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        raise typer.Exit(130) from None
+
+
+def group_options() -> dict[str, list[str]]:
+    """The shipped config groups and their options, from conf/'s folders (no YAML read, no Hydra, no torch)."""
+    return {group.name: sorted(f.name[:-5] for f in group.iterdir() if f.name.endswith(".yaml"))
+            for group in sorted(files("dlcli.conf").iterdir(), key=lambda g: g.name)
+            if group.is_dir() and not group.name.startswith(("_", ".")) and group.name != "hydra"}
+
+
+def train_help() -> str:
+    groups = "; ".join(f"{g} ({' '.join(options)})" for g, options in group_options().items() if g not in ("experiment", "hparams_search"))
+    return ("Train a model. Arguments are Hydra overrides: group=option, key=value, -m for a sweep.\n\n"
+            f"Config groups: {groups}.\n\n"
+            "`dl train --help` lists every option and key; `dl train --cfg job` prints the composed config.")
+
+
+def complete_overrides(incomplete: str) -> list[str]:
+    """Shell completion for `dl train`: group=option pairs read from the shipped conf/ (no Hydra, no torch)."""
+    pairs = [f"{group}={option}" for group, options in group_options().items() for option in options]
+    return sorted(p for p in pairs if p.startswith(incomplete))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False, help=train_help(),
+)
+def train(
+    ctx: typer.Context,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[OVERRIDES]...", autocompletion=complete_overrides,
+                                                    show_default=False),
+) -> None:
+    # its help (train_help) lists the groups and options found in conf/
+    def go() -> None:
+        from dlcli.commands.hydra_app import train_cli  # lazy: dl --help never imports Hydra or torch
+
+        train_cli([*(overrides or []), *ctx.args])
+
+    _guard(go)
+
+
+def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Checkpoint paths vs key=value overrides (a path that exists wins, even with '=' in its name)."""
+
+    paths, overrides = [], []
+    for item in items:
+        (overrides if "=" in item and not Path(item).exists() else paths).append(item)
+    return paths, overrides
+
+@app.command("eval")
+def eval_(
+    items: list[str] = typer.Argument(..., metavar="CKPT... [KEY=VALUE...]",
+                                      help="Checkpoints (or run dirs) to evaluate, then overrides for their stored "
+                                           "config, e.g. device=cpu dataset.path=new.csv"),
+    split: str = typer.Option("test", "--split", help="Which split to evaluate: train, val or test."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+) -> None:
+    """Evaluate checkpoints on a split and print one row per checkpoint.
+
+    Example: dl eval outputs/runs/<run>/checkpoints/best.pt --split test
+    """
+
+    def go() -> None:
+        from dlcli.commands.evaluate import evaluate_cli  # lazy: as above
+
+        paths, overrides = _split_overrides(items)
+        evaluate_cli(paths, overrides, split=split, as_json=as_json)
+
+    _guard(go)
+
+@app.command()
+def sample(
+    items: list[str] = typer.Argument(..., metavar="CKPT [KEY=VALUE...]",
+                                      help="A checkpoint (or run dir), then overrides for its stored config."),
+    input_path: Optional[str] = typer.Option(None, "--input", "-i",
+                                             help="Classifiers/regressors: predict for this CSV file (mlp) or these "
+                                                  "image files (cnn; comma-separated) instead of test examples. "
+                                                  "Encoder-decoders: the text to translate (or pipe lines on stdin)."),
+    num: int = typer.Option(None, "--num-samples", "-n",
+                            help="How many test examples to show (default 10), or texts to generate (default 1)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o",
+                                      help="Image models: where to save the picture grid "
+                                           "(default: <run>/plots/samples.png)."),
+    seed: int = typer.Option(0, "--seed", help="Which test examples are drawn / the sampling seed."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Language models: the text to continue "
+                                                                       "(default: a new line)."),
+    prompt_file: Optional[str] = typer.Option(None, "--prompt-file", help="Language models: read the prompt "
+                                                                          "from a file."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
+                                                 help="Language models: tokens to generate (default 300). "
+                                                      "Encoder-decoders: the longest output (default: the longest "
+                                                      "training target + 5)."),
+    temperature: float = typer.Option(1.0, "--temperature", "-t",
+                                      help="Language models: <1 sharper, >1 more random, 0 greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Language models: sample from the k likeliest "
+                                                              "tokens only (1 = greedy)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Language models: nucleus sampling, the smallest "
+                                                                "set of tokens holding this much probability."),
+    beam: int = typer.Option(1, "--beam", help="Encoder-decoders: beam search with this many beams (1 = greedy)."),
+    length_penalty: float = typer.Option(0.6, "--length-penalty",
+                                         help="Encoder-decoders, beam search: GNMT's alpha; 0 ranks by total "
+                                              "log-probability, larger favours longer outputs."),
+    attention_plot: Optional[str] = typer.Option(None, "--attention-plot",
+                                                 help="Encoder-decoders: save the cross-attention heatmap (source x "
+                                                      "output tokens; per head for the transformer) to this .png."),
+    word: Optional[str] = typer.Option(None, "--word", "-w", help="Word embeddings: the words nearest this one."),
+    analogy: Optional[str] = typer.Option(None, "--analogy", help="Word embeddings: the words nearest a vector "
+                                                                  "sum, e.g. \"king - man + woman\"."),
+    topn: int = typer.Option(10, "--topn", help="Word embeddings: how many words to list."),
+) -> None:
+    """Show what a trained model predicts or generates.
+
+    Classifiers/regressors: test examples (true vs predicted) or your own inputs.
+    Language models: text streamed as it is generated. Sequence taggers (copy): input, target and answer.
+
+    Examples: dl sample outputs/runs/<run>/checkpoints/best.pt -n 16;
+    dl sample best.pt --input new_rows.csv;
+    dl sample <lstm run> --prompt "the cat" --temperature 0.8 --top-k 5 -n 3;
+    dl sample <skipgram run> --word king --topn 5;  dl sample <skipgram run> --analogy "king - man + woman"
+    """
+
+    def go() -> None:
+        from dlcli.commands.sample import sample_cli  # lazy: as above
+
+        paths, overrides = _split_overrides(items)
+        if len(paths) != 1:
+            raise UserError(f"dl sample takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
+        lm = {"prompt": prompt, "prompt_file": prompt_file,
+              "max_new_tokens": 300 if max_new_tokens is None else max_new_tokens,
+              "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        sample_cli(paths[0], overrides, input_path=input_path, num=num, out=out, seed=seed, lm=lm,
+                   seq2seq={"beam": beam, "attention_plot": attention_plot, "length_penalty": length_penalty,
+                            "max_len": max_new_tokens},
+                   embedding={"word": word, "analogy": analogy, "topn": topn})
+
+    _guard(go)
+
+@app.command("export")
+def export(
+    items: list[str] = typer.Argument(..., metavar="CKPT [KEY=VALUE...]",
+                                      help="A word2vec checkpoint (or run dir), then overrides for its stored config."),
+    binary: bool = typer.Option(False, "--binary", help="The word2vec binary format instead of text."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write (default: <run>/vectors.txt, or "
+                                                                "vectors.bin with --binary)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """Write a cbow/skipgram checkpoint's word vectors in the word2vec format (gensim's
+    KeyedVectors.load_word2vec_format reads it; binary=True for --binary).
+
+    Example: dl export outputs/runs/<run>/checkpoints/best.pt --binary --out vectors.bin
+    """
+
+    def go() -> None:
+        from dlcli.commands.export import export_cli  # lazy: as above
+
+        paths, overrides = _split_overrides(items)
+        if len(paths) != 1:
+            raise UserError(f"dl export takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
+        export_cli(paths[0], overrides, binary=binary, out=out, force=force)
+
+    _guard(go)
+
+runs_app = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False,
+                       context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(runs_app, name="runs")
+ROOT_OPTION = typer.Option("outputs", "--dir", help="The outputs directory (holding runs/ and sweeps/).")
+
+@runs_app.callback(invoke_without_command=True)
+def runs(
+    ctx: typer.Context,
+    root: str = ROOT_OPTION,
+    last: Optional[int] = typer.Option(None, "--last", help="Only the N newest runs/sweeps."),
+    model: Optional[str] = typer.Option(None, "--model", help="Only runs of this model, e.g. lstm."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only runs with this status: completed, failed, "
+                                                                "interrupted, running or died."),
+    jobs: bool = typer.Option(False, "--jobs", help="List each sweep's jobs under it."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per run or sweep job)."),
+) -> None:
+    """List runs and sweeps, newest first: start, status, model, dataset, overrides, best monitored value,
+    duration. A run whose process is gone without saying so (killed, power loss) shows as died.
+
+    Examples: dl runs --last 5;  dl runs --status failed --model lstm;  dl runs show <run>;
+    dl runs compare <run> <run>;  dl runs compare outputs/sweeps/<ts>
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+
+    def go() -> None:
+        from dlcli.reports.runs import list_runs_cli  # lazy: as above
+
+        list_runs_cli(root, last=last, as_json=as_json, model=model, status=status, jobs=jobs)
+
+    _guard(go)
+
+@runs_app.command("show")
+def runs_show(
+    run: str = typer.Argument(..., metavar="RUN", help="A run dir (or a file in it, or its name under runs/)."),
+    root: str = ROOT_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """One run: status, command, where it ran, its config against the defaults, its summary and plots."""
+
+    def go() -> None:
+        from dlcli.reports.runs_show import show_run_cli  # lazy: as above
+
+        show_run_cli(run, root, as_json=as_json)
+
+    _guard(go)
+
+@runs_app.command("compare")
+def runs_compare(
+    items: list[str] = typer.Argument(..., metavar="RUN... | SWEEP_DIR", help="Runs, or a sweep dir (all its jobs)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="The curve to overlay, split/name (default: the "
+                                                                "monitored metric, e.g. val/loss)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write the plot (default: <sweep>/"
+                                                                "curves.png, or outputs/compare/<time>.png)."),
+    root: str = ROOT_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Compare runs side by side: one table (the overrides that differ, best, last val and test metrics) and
+    one plot with every run's curve.
+
+    Examples: dl runs compare outputs/sweeps/<ts>;  dl runs compare <run> <run> --metric val/acc
+    """
+
+    def go() -> None:
+        from dlcli.reports.runs_show import compare_cli  # lazy: as above
+
+        compare_cli(items, root, metric=metric, out=out, as_json=as_json)
+
+    _guard(go)
+
+def main() -> None:
+    app(prog_name="dl")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Is this composed config valid? Everything that can be checked before any data is read (check_config), and the
+one check that needs the task and model built (check_monitor). Used by train, sweeps and resume alike."""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib.resources import files
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dlcli.base.errors import UserError
+from dlcli.config.schema import check_schema
+from dlcli.data import check_dataset_config
+from dlcli.engine import distributed
+from dlcli.engine.optim import check_optimizer, check_scheduler
+from dlcli.engine.runtime import resolve_device
+from dlcli.models import family
+
+MODES = ("min", "max")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything that can be checked before any data is read; raises UserError."""
+    check_dataset_config(cfg.dataset)
+    check_fit(cfg.model.name, cfg.dataset)
+    check_schema(cfg)  # types and ranges of the values users set (schema.py), every number finite
+    check_optimizer(cfg.optimizer)
+    check_scheduler(cfg.scheduler)
+    t = cfg.trainer
+    if "/" not in str(t.monitor) or str(t.monitor).split("/")[0] not in ("train", "val"):
+        raise UserError(f"trainer.monitor={t.monitor}: name a logged metric as split/name, e.g. val/loss or val/acc")
+    if t.mode not in MODES:
+        raise UserError(f"trainer.mode={t.mode}: choose min or max")
+    if cfg.logger.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("logger=tensorboard needs the tensorboard package: pip install 'dlcli[tensorboard]' "
+                        "(or use logger=default)")
+    distributed.check_devices(t.get("devices", 1), resolve_device(cfg.device))
+
+
+def check_monitor(cfg: DictConfig, task: Any, model: torch.nn.Module) -> None:
+    """trainer.monitor must name a metric this task logs (checked on a tiny batch, before any training)."""
+    split, name = str(cfg.trainer.monitor).split("/", 1)
+    model.eval()
+    with torch.no_grad():
+        batch = next(task.batches("val", 2))
+        names = [*task.summarize(task.step(model, batch)[1]), *task.eval_metric_names]
+    model.train()
+    if name not in names:
+        raise UserError(f"trainer.monitor={cfg.trainer.monitor}: this {task.kind} task logs "
+                        f"{', '.join(f'{split}/{n}' for n in names)}")
+
+
+def dataset_shapes() -> dict[str, tuple[str, str]]:
+    """Each shipped dataset's (kind, input), as its conf/dataset/NAME.yaml declares them."""
+    shapes = {}
+    for f in sorted(files("dlcli.conf").joinpath("dataset").iterdir(), key=lambda f: f.name):
+        if f.name.endswith(".yaml"):
+            d = OmegaConf.create(f.read_text())
+            shapes[str(d.name)] = (str(d.get("kind")), str(d.get("input")))
+    return shapes
+
+
+def datasets_for(model: str) -> list[str]:
+    return [name for name, shape in dataset_shapes().items() if shape in family(model).fits]
+
+
+def check_fit(model_name: str, dataset_cfg: Any) -> None:
+    """The model family can learn the dataset's (kind, input), or one line listing the datasets it can."""
+    fits = family(model_name).fits
+    pair = (dataset_cfg.get("kind"), dataset_cfg.get("input"))
+    if pair not in fits:
+        raise UserError(f"model={model_name} does not fit dataset={dataset_cfg.name} (a {pair[0]} task on "
+                        f"{pair[1]} inputs); datasets for {model_name}: {', '.join(datasets_for(model_name))}")

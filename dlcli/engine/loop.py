@@ -1,0 +1,371 @@
+"""THE training loop: epochs of device-side batches, eval on val, clipping, AMP, metrics, checkpoints, early stop.
+
+It knows nothing about task kinds: a Task turns a batch into (loss, stats) and stats into metrics.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlcli.base.errors import UserError
+from dlcli.base.task import InPlaceTrainer, Task, add_stats
+from dlcli.engine import distributed
+from dlcli.engine.grad_norms import GradNorms
+from dlcli.engine.logger import MetricsLogger, Reporter
+from dlcli.engine.runtime import Runtime
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0                  # epochs completed
+    step: int = 0                   # optimizer steps taken
+    best_value: float | None = None
+    best_epoch: int | None = None
+    evals_since_best: int = 0       # for early stopping
+    elapsed: float = 0.0            # seconds of training so far (trainer.max_time counts these)
+    batch: int = 0                  # batches of epoch `epoch + 1` already done (a checkpoint saved mid-epoch)
+    partial: dict | None = None     # that epoch's summed stats so far (CPU tensors: dtypes kept, resume exact)
+    grad_scaler: dict | None = None  # fp16: the GradScaler's scale and growth tracker, so a resume scales as before
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopState:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT, exit 130) or SIGTERM (exit 143); raised once last.pt holds the finished step."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopRequest:
+    """The SIGINT/SIGTERM handler. Inside the loop (armed) it only takes note: the loop finishes the current
+    step, saves last.pt and raises Interrupted. A second signal, or one outside the loop, raises at once; checkpoint
+    writes are atomic, so that never leaves a broken file."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.armed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is not None or not self.armed:
+            raise Interrupted(signum)
+        self.signum = signum
+        if distributed.is_main():  # every rank gets the signal; one says so
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing this step and saving checkpoints/last.pt "
+                             "(press Ctrl-C again to stop at once)\n")
+
+
+class Diverged(UserError):
+    """A non-finite training loss; the run dir and its last good checkpoint are kept."""
+
+
+def resolve_batch_size(value: Any, n_train: int) -> int:
+    """An integer, or `full` for full-batch gradient descent."""
+    if value == "full":
+        return n_train
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"trainer.batch_size={value}: use a positive integer (1 = plain SGD) or full (BGD)")
+    return min(value, n_train)
+
+
+def train_batch_size(tcfg: Any, task: Task, in_place: Any = None) -> int:
+    """Rows per training step: the in-place trainer's own size (word2vec on the CPU: corpus words), else
+    trainer.batch_size."""
+    return in_place.batch_size if in_place is not None else resolve_batch_size(tcfg.batch_size, task.size("train"))
+
+
+def is_better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if best is None:
+        return math.isfinite(value)
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data order of an epoch depends on (seed, epoch) only, so a resumed run replays it."""
+    return seed * 1_000_003 + epoch
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, task: Task, split: str, batch_size: int, runtime: Runtime) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    total = None
+    step = distributed.eval_step(model, task)  # task.step; under DDP on this rank's slice of each batch
+    for batch in task.batches(split, batch_size):
+        with runtime.autocast():
+            _, stats = step(batch)
+        total = add_stats(total, stats)
+    metrics = task.summarize(distributed.sum_stats(total))
+    metrics.update(distributed.on_main(lambda: task.eval_metrics(model, split)))
+    model.train(was_training)
+    return metrics
+
+
+# Called after every optimizer step with the loop's state: an extension point (the tests' fault injection,
+# tests/hooks/, uses it). Empty in a plain run.
+STEP_END_HOOKS: list[Callable[[LoopState], None]] = []
+
+
+@dataclass
+class Training:
+    """What one run's loop works with, built once by `dl train` (commands/train.py)."""
+
+    model: nn.Module
+    task: Task
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    interval: str                              # when the scheduler steps: step, epoch or eval
+    runtime: Runtime
+    tcfg: Any                                  # cfg.trainer
+    logger: MetricsLogger
+    reporter: Reporter
+    save: Callable[[str, LoopState], None]     # save("best" | "last", state)
+    in_place: InPlaceTrainer | None = None     # engine/in_place.py: a trainer that steps the model itself
+
+
+def fit(training: Training, state: LoopState, stop: StopRequest | None = None) -> str:
+    """Train until trainer.epochs, early stopping or trainer.max_time. Returns why it stopped.
+
+    A stop request (SIGINT/SIGTERM) ends the current step, saves last.pt mid-epoch and raises Interrupted.
+    """
+    stop = stop or StopRequest()
+    stop.armed = True
+    try:
+        return _Loop(training, state, stop).run()
+    finally:
+        stop.armed = False
+
+
+class _Loop:
+    """The loop in named steps: train_epoch (train_step per batch, after_step, stop_requested), end_of_epoch
+    (evaluate, track the best, checkpoint)."""
+
+    def __init__(self, training: Training, state: LoopState, stop: StopRequest):
+        self.t, self.state, self.stop = training, state, stop
+        tcfg = training.tcfg
+        self.epochs = int(tcfg.epochs)
+        self.batch_size = train_batch_size(tcfg, training.task, training.in_place)
+        self.n_batches = training.task.num_batches("train", self.batch_size)
+        self.monitor_split, self.monitor_name = str(tcfg.monitor).split("/", 1)
+        self.scaler = training.runtime.grad_scaler()
+        if self.scaler is not None and state.grad_scaler:
+            self.scaler.load_state_dict(state.grad_scaler)
+        self.max_time = float(tcfg.max_time) if tcfg.max_time else None
+        self.patience = tcfg.early_stopping_patience
+        # Read per-step settings once: an OmegaConf lookup costs ~20 us and an interpolated one (clip_grad_norm is
+        # ${oc.select:...}) re-parses its expression, ~1 ms: per step that was a third of a small MLP's step time.
+        self.clip_value = float(tcfg.clip_grad_value) if tcfg.clip_grad_value else None
+        self.clip_norm = float(tcfg.clip_grad_norm) if tcfg.clip_grad_norm else None
+        self.log_every = int(tcfg.log_every_n_steps)
+        self.step_fn = distributed.train_step(training.model, training.task)  # under DDP: this rank's slice
+        # trainer.log_grad_norms: per-layer gradient norms on the steps whose loss is logged (none in between)
+        self.grad_norms = GradNorms(training.model) if tcfg.get("log_grad_norms", False) else None
+        self.start = time.perf_counter() - state.elapsed
+        self.total: dict[str, torch.Tensor] | None = None  # the epoch's summed stats (on the device)
+        self.losses: torch.Tensor | None = None  # each step's loss, on the device: read at log steps and per epoch
+        self.done = 0  # batches of this epoch done
+
+    def run(self) -> str:
+        self.t.model.train()
+        for epoch in range(self.state.epoch + 1, self.epochs + 1):
+            t0 = time.perf_counter()
+            if hasattr(self.t.model, "set_epoch"):  # per-epoch schedules inside a model (teacher forcing)
+                self.t.model.set_epoch(epoch, self.epochs)
+            stop_reason = self.train_epoch(epoch)
+            stop_reason = self.end_of_epoch(epoch, stop_reason, time.perf_counter() - t0)
+            if stop_reason:
+                return stop_reason
+        return "epochs"
+
+    def checkpoint(self, which: str) -> None:
+        if self.scaler is not None:
+            self.state.grad_scaler = self.scaler.state_dict()
+        self.t.save(which, self.state)
+
+    # ------------------------------------------------------------------------------------------- one epoch's steps
+    def train_epoch(self, epoch: int) -> str:
+        """The epoch's batches (a mid-epoch checkpoint's are skipped, not computed). Returns "max_time" when the
+        time budget ran out, else ""."""
+        t, state = self.t, self.state
+        skip, state.batch = state.batch, 0
+        self.total = {k: v.to(t.task.device) for k, v in state.partial.items()} if state.partial else None
+        state.partial = None
+        self.losses, self.done = None, skip
+        seed = epoch_seed(int(t.tcfg.seed), epoch)  # the order depends on (seed, epoch) only: a resume replays it
+        batches = (t.in_place.batches(seed) if t.in_place is not None
+                   else t.task.batches("train", self.batch_size, shuffle=True, seed=seed))
+        with t.reporter.epoch_progress(epoch, self.epochs, self.n_batches) as advance:
+            for i, batch in enumerate(itertools.islice(batches, skip, None), start=skip):
+                loss, stats, norms = self.train_step(batch)
+                if self.losses is None:  # the loss's own dtype and device: a float64 loss may exceed float32
+                    self.losses = torch.zeros(self.n_batches, dtype=loss.dtype, device=loss.device)
+                self.losses[i] = loss.detach()
+                self.done = i + 1
+                self.total = add_stats(self.total, stats)
+                state.step += 1
+                advance()
+                self.after_step(epoch, i, loss, norms)
+                if self.stop_requested(epoch, i):
+                    return "max_time"
+        return ""
+
+    def train_step(self, batch: tuple) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """Forward, backward, clip, optimizer and scheduler step. Returns (loss, stats, gradient norms or None)."""
+        t, norms = self.t, None
+        if t.in_place is not None:
+            loss, stats = t.in_place.step(batch)
+        else:
+            with t.runtime.autocast():
+                loss, stats = self.step_fn(batch)
+            t.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(t.optimizer)
+            else:
+                loss.backward()
+            # before clipping: the gradient as the loss made it (read below with the logged loss)
+            if self.grad_norms is not None and (self.state.step + 1) % self.log_every == 0:
+                norms = self.grad_norms.compute()
+            if self.clip_value:
+                nn.utils.clip_grad_value_(t.model.parameters(), self.clip_value)
+            if self.clip_norm:
+                nn.utils.clip_grad_norm_(t.model.parameters(), self.clip_norm)
+            if self.scaler is not None:
+                self.scaler.step(t.optimizer)
+                self.scaler.update()
+            else:
+                t.optimizer.step()
+        if t.scheduler is not None and t.interval == "step":
+            t.scheduler.step()
+        return loss, stats, norms
+
+    def after_step(self, epoch: int, i: int, loss: torch.Tensor, norms: Any) -> None:
+        """Every log_every_n_steps: the loss (the only per-step host sync), lr, gradient norms; stop if diverged."""
+        state = self.state
+        if state.step % self.log_every == 0:
+            value = distributed.mean(loss.detach()).item()
+            self.t.logger.log(state.step, epoch, "step", {"loss": value, "lr": current_lr(self.t.optimizer)})
+            if norms is not None:
+                self.t.logger.log(state.step, epoch, "grad_norm", self.grad_norms.read(norms))
+            if not math.isfinite(value):
+                self.diverged(epoch, i + 1)
+        for hook in STEP_END_HOOKS:
+            hook(state)
+
+    def stop_requested(self, epoch: int, i: int) -> bool:
+        """A signal: save last.pt mid-epoch and raise Interrupted. Returns whether trainer.max_time ran out. One
+        answer on every rank (a no-op on one process): each rank stops at the same step."""
+        state = self.state
+        signum, out_of_time = distributed.agree(self.stop.signum, bool(self.max_time)
+                                                and time.perf_counter() - self.start > self.max_time)
+        if signum is not None:
+            if not distributed.all_true(bool(torch.isfinite(self.losses[:i + 1]).all())):  # never save diverged
+                self.diverged(epoch, i + 1)
+            state.batch = i + 1
+            state.partial = {k: v.detach().cpu() for k, v in distributed.sum_stats(self.total).items()}
+            state.elapsed = time.perf_counter() - self.start
+            self.checkpoint("last")
+            raise Interrupted(signum)
+        return out_of_time
+
+    def diverged(self, epoch: int, done: int) -> None:
+        _diverged(self.losses[:done], self.state.step, epoch, self.n_batches, self.t.optimizer, self.t.tcfg,
+                  self.t.runtime)
+
+    # ------------------------------------------------------------------------------------------- end of an epoch
+    def end_of_epoch(self, epoch: int, stop_reason: str, seconds: float) -> str:
+        """Train metrics, evaluation, the best so far, schedulers, early stopping, checkpoints, the epoch's line.
+        Returns why training stops now ("" to go on)."""
+        t, state, tcfg = self.t, self.state, self.t.tcfg
+        state.epoch = epoch
+        if self.losses is not None and not distributed.all_true(bool(torch.isfinite(self.losses[:self.done]).all())):
+            self.diverged(epoch, self.done)
+        train = t.task.summarize(distributed.sum_stats(self.total))
+        if not math.isfinite(train["loss"]):
+            raise Diverged(f"the training loss became {train['loss']} in epoch {epoch} (step {state.step}); "
+                           + _knobs(t.optimizer, tcfg, t.runtime))
+        parts = {"train": train}
+        t.logger.log(state.step, epoch, "train", {**train, "lr": current_lr(t.optimizer)})
+        last = epoch == self.epochs or bool(stop_reason)
+        if epoch % int(tcfg.eval_every) == 0 or last:
+            parts["val"] = evaluate_split(t.model, t.task, "val", int(tcfg.eval_batch_size), t.runtime)
+            t.logger.log(state.step, epoch, "val", parts["val"])
+        note = self.track_best(epoch, parts)
+        if t.scheduler is not None and t.interval == "epoch":
+            t.scheduler.step()
+        if self.patience and state.evals_since_best >= int(self.patience):
+            stop_reason = stop_reason or "early_stopping"
+        state.elapsed = time.perf_counter() - self.start
+        if note:
+            self.checkpoint("best")
+        signum = distributed.agree(self.stop.signum)[0]
+        if epoch % int(tcfg.checkpoint_every) == 0 or last or stop_reason or signum is not None:
+            self.checkpoint("last")
+        t.reporter.epoch_line(epoch, self.epochs, parts, seconds, note)
+        signum = distributed.agree(self.stop.signum)[0]
+        if signum is not None:  # the signal came during the epoch's evaluation or saving
+            raise Interrupted(signum)
+        if stop_reason:
+            t.reporter.say({"max_time": f"stopping: trainer.max_time={tcfg.max_time}s reached",
+                            "early_stopping": f"stopping early: {tcfg.monitor} has not improved for "
+                                              f"{self.patience} evaluations"}[stop_reason])
+        return stop_reason
+
+    def track_best(self, epoch: int, parts: dict[str, dict[str, float]]) -> str:
+        """The monitored metric against the best so far (and a plateau scheduler); a note when it improved."""
+        state, tcfg, scheduler = self.state, self.t.tcfg, self.t.scheduler
+        if self.monitor_split not in parts:
+            return ""
+        value = parts[self.monitor_split][self.monitor_name]
+        if scheduler is not None and self.t.interval == "eval":
+            scheduler.step(value)
+        if is_better(value, state.best_value, tcfg.mode, float(tcfg.min_delta)):
+            state.best_value, state.best_epoch, state.evals_since_best = value, epoch, 0
+            return f"* best {tcfg.monitor}"
+        state.evals_since_best += 1
+        return ""
+
+
+def _knobs(optimizer: torch.optim.Optimizer, tcfg: Any, runtime: Runtime) -> str:
+    lr, now = optimizer.defaults.get("lr"), current_lr(optimizer)
+    scheduled = f", {now:.3g} after the schedule" if now != lr else ""
+    return (f"nothing was saved after it; try a lower optimizer.lr (now {lr}{scheduled}), "
+            f"trainer.clip_grad_norm=1.0 (now {tcfg.clip_grad_norm}) or trainer.precision=fp32 "
+            f"(now {runtime.precision})")
+
+
+def _diverged(losses: torch.Tensor, step: int, epoch: int, n_batches: int, optimizer: torch.optim.Optimizer,
+              tcfg: Any, runtime: Runtime) -> None:
+    """Raise Diverged naming the first step of this epoch whose loss was not finite (`losses` ends at `step`)."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    first = int(bad[0, 0]) if len(bad) else len(losses) - 1
+    first_step = step - (len(losses) - 1 - first)
+    raise Diverged(f"the training loss became {float(losses[first])} at step {first_step} (epoch {epoch}, batch "
+                   f"{first + 1} of {n_batches}); " + _knobs(optimizer, tcfg, runtime))
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
