@@ -78,6 +78,35 @@ TRAIN_CASES = [
      {}),
     ("block-longer-than-text", ["model=rnn", "dataset=grammar", "dataset.n_sentences=50", "dataset.block_size=4000"],
      "shorter than dataset.block_size=4000", {}),
+    # hostile input (issue 18): values of the right type but meaningless, and what a user's own file can hold
+    ("negative-clip-norm", ["trainer.clip_grad_norm=-1"], "trainer.clip_grad_norm=-1: must be a number > 0, or null", {}),
+    ("label-smoothing-1.5", ["loss.label_smoothing=1.5"], "loss.label_smoothing=1.5: must be a number in [0, 1)", {}),
+    ("betas-out-of-range", ["optimizer.betas=[1.5,0.9]"], "each in [0, 1)", {}),
+    ("lr-inf", ["optimizer.lr=inf"], "optimizer.lr=inf: must be a number > 0", {}),
+    ("nan-anywhere", ["model=skipgram", "model.alpha=nan"], "(from ${oc.select:model.alpha,null}): must be", {}),
+    ("block-size-0", ["model=lstm", "dataset.block_size=0"], "dataset.block_size=0: must be an integer >= 1", {}),
+    ("epochs-1e9", ["trainer.epochs=1000000000"], "trainer.epochs=1000000000: must be an integer in [1, 100000]", {}),
+    ("key-twice", ["optimizer.lr=0.1", "optimizer.lr=0.2"], "optimizer.lr is given twice", {}),
+    ("trailing-comma", ["optimizer.lr=0.1,"], "a trailing comma", {}),
+    ("unquoted-space", ["dataset=csv", "dataset.path=my", "file.csv"], "a value with a space must be quoted", {}),
+    ("config-dir-missing", ["--config-dir", "nowhere"], "--config-dir nowhere: no such directory", {}),
+    ("model-too-big", ["model.hidden_sizes=[100000000000]"], "its weights do not fit in memory", {}),
+    ("data-root-is-a-file", ["model=lstm", "dataset=shakespeare", "dataset.root=afile"], "is a file, not a directory",
+     {"afile": b"x"}),
+    ("csv-empty-target", ["dataset=csv", "dataset.path=t.csv", "dataset.target=y"], "data row 41 has no value in the target column y",
+     {"t.csv": b'a,b,y\n0.844,0.758,1\n0.04,0.965,1\n0.405,0.784,1\n0.968,0.358,0\n0.505,0.282,0\n0.618,0.251,0\n0.31,0.73,1\n0.472,0.101,1\n0.316,0.64,0\n0.967,0.477,1\n0.062,0.918,0\n0.093,0.84,0\n0.612,0.828,1\n0.244,0.325,0\n0.191,0.568,0\n0.803,0.142,1\n0.091,0.993,1\n0.109,0.551,0\n0.547,0.814,0\n0.964,0.603,1\n0.445,0.596,1\n0.317,0.242,0\n0.189,0.187,1\n0.477,0.09,0\n0.877,0.923,0\n0.898,0.923,1\n0.838,0.525,0\n0.849,0.895,1\n0.58,0.451,1\n0.082,0.613,1\n0.587,0.335,0\n0.243,0.731,0\n0.705,0.372,0\n0.333,0.816,0\n0.783,0.855,0\n0.045,0.574,0\n0.027,0.635,0\n0.391,0.37,0\n0.036,0.022,0\n0.718,0.479,0\n1,2,\n'}),
+    ("csv-inf-cell", ["dataset=csv", "dataset.path=t.csv", "dataset.target=y"], "data row 41, column b holds 'inf'",
+     {"t.csv": b'a,b,y\n0.844,0.758,1\n0.04,0.965,1\n0.405,0.784,1\n0.968,0.358,0\n0.505,0.282,0\n0.618,0.251,0\n0.31,0.73,1\n0.472,0.101,1\n0.316,0.64,0\n0.967,0.477,1\n0.062,0.918,0\n0.093,0.84,0\n0.612,0.828,1\n0.244,0.325,0\n0.191,0.568,0\n0.803,0.142,1\n0.091,0.993,1\n0.109,0.551,0\n0.547,0.814,0\n0.964,0.603,1\n0.445,0.596,1\n0.317,0.242,0\n0.189,0.187,1\n0.477,0.09,0\n0.877,0.923,0\n0.898,0.923,1\n0.838,0.525,0\n0.849,0.895,1\n0.58,0.451,1\n0.082,0.613,1\n0.587,0.335,0\n0.243,0.731,0\n0.705,0.372,0\n0.333,0.816,0\n0.783,0.855,0\n0.045,0.574,0\n0.027,0.635,0\n0.391,0.37,0\n0.036,0.022,0\n0.718,0.479,0\n1,inf,1\n'}),
+    ("csv-one-class", ["dataset=csv", "dataset.path=t.csv", "dataset.target=y"], "holds one value ('0') in all 40 rows",
+     {"t.csv": b'a,b,y\n0.844,0.758,0\n0.04,0.965,0\n0.405,0.784,0\n0.968,0.358,0\n0.505,0.282,0\n0.618,0.251,0\n0.31,0.73,0\n0.472,0.101,0\n0.316,0.64,0\n0.967,0.477,0\n0.062,0.918,0\n0.093,0.84,0\n0.612,0.828,0\n0.244,0.325,0\n0.191,0.568,0\n0.803,0.142,0\n0.091,0.993,0\n0.109,0.551,0\n0.547,0.814,0\n0.964,0.603,0\n0.445,0.596,0\n0.317,0.242,0\n0.189,0.187,0\n0.477,0.09,0\n0.877,0.923,0\n0.898,0.923,0\n0.838,0.525,0\n0.849,0.895,0\n0.58,0.451,0\n0.082,0.613,0\n0.587,0.335,0\n0.243,0.731,0\n0.705,0.372,0\n0.333,0.816,0\n0.783,0.855,0\n0.045,0.574,0\n0.027,0.635,0\n0.391,0.37,0\n0.036,0.022,0\n0.718,0.479,0\n'}),
+    ("csv-target-in-features", ["dataset=csv", "dataset.path=t.csv", "dataset.target=y", "dataset.features=[a,y]"],
+     "dataset.features lists the target column y", {"t.csv": b'a,b,y\n0.844,0.758,1\n0.04,0.965,1\n0.405,0.784,1\n0.968,0.358,0\n0.505,0.282,0\n0.618,0.251,0\n0.31,0.73,1\n0.472,0.101,1\n0.316,0.64,0\n0.967,0.477,1\n0.062,0.918,0\n0.093,0.84,0\n0.612,0.828,1\n0.244,0.325,0\n0.191,0.568,0\n0.803,0.142,1\n0.091,0.993,1\n0.109,0.551,0\n0.547,0.814,0\n0.964,0.603,1\n0.445,0.596,1\n0.317,0.242,0\n0.189,0.187,1\n0.477,0.09,0\n0.877,0.923,0\n0.898,0.923,1\n0.838,0.525,0\n0.849,0.895,1\n0.58,0.451,1\n0.082,0.613,1\n0.587,0.335,0\n0.243,0.731,0\n0.705,0.372,0\n0.333,0.816,0\n0.783,0.855,0\n0.045,0.574,0\n0.027,0.635,0\n0.391,0.37,0\n0.036,0.022,0\n0.718,0.479,0\n'}),
+    ("csv-duplicate-header", ["dataset=csv", "dataset.path=t.csv", "dataset.target=y"], "the header names 'a' more than once",
+     {"t.csv": b'a,a,y\n0.844,0.758,1\n0.04,0.965,1\n0.405,0.784,1\n0.968,0.358,0\n0.505,0.282,0\n0.618,0.251,0\n0.31,0.73,1\n0.472,0.101,1\n0.316,0.64,0\n0.967,0.477,1\n0.062,0.918,0\n0.093,0.84,0\n0.612,0.828,1\n0.244,0.325,0\n0.191,0.568,0\n0.803,0.142,1\n0.091,0.993,1\n0.109,0.551,0\n0.547,0.814,0\n0.964,0.603,1\n0.445,0.596,1\n0.317,0.242,0\n0.189,0.187,1\n0.477,0.09,0\n0.877,0.923,0\n0.898,0.923,1\n0.838,0.525,0\n0.849,0.895,1\n0.58,0.451,1\n0.082,0.613,1\n0.587,0.335,0\n0.243,0.731,0\n0.705,0.372,0\n0.333,0.816,0\n0.783,0.855,0\n0.045,0.574,0\n0.027,0.635,0\n0.391,0.37,0\n0.036,0.022,0\n0.718,0.479,0\n'}),
+    ("csv-empty-delimiter", ["dataset=csv", "dataset.path=t.csv", "dataset.target=y", "dataset.delimiter="],
+     "dataset.delimiter='': one character", {"t.csv": b'a,b,y\n0.844,0.758,1\n0.04,0.965,1\n0.405,0.784,1\n0.968,0.358,0\n0.505,0.282,0\n0.618,0.251,0\n0.31,0.73,1\n0.472,0.101,1\n0.316,0.64,0\n0.967,0.477,1\n0.062,0.918,0\n0.093,0.84,0\n0.612,0.828,1\n0.244,0.325,0\n0.191,0.568,0\n0.803,0.142,1\n0.091,0.993,1\n0.109,0.551,0\n0.547,0.814,0\n0.964,0.603,1\n0.445,0.596,1\n0.317,0.242,0\n0.189,0.187,1\n0.477,0.09,0\n0.877,0.923,0\n0.898,0.923,1\n0.838,0.525,0\n0.849,0.895,1\n0.58,0.451,1\n0.082,0.613,1\n0.587,0.335,0\n0.243,0.731,0\n0.705,0.372,0\n0.333,0.816,0\n0.783,0.855,0\n0.045,0.574,0\n0.027,0.635,0\n0.391,0.37,0\n0.036,0.022,0\n0.718,0.479,0\n'}),
+    ("csv-unclosed-quote", ["dataset=csv", "dataset.path=t.csv", "dataset.target=y"], "line 2 does not read as CSV",
+     {"t.csv": b'a,b,y\n1,"' + b"x" * 140000 + b'\n1,2,1\n'}),
     ("outputs-not-a-directory", [], "cannot create a run directory under outputs/runs: Not a directory",
      {"outputs": b"a file where the outputs directory should be"}),
     ("run-dir-unwritable", ["hydra.run.dir=blocked/run"], "hydra.run.dir=blocked/run: cannot create it",
@@ -162,6 +191,12 @@ def _write_ckpts(cwd: Path, good: Path) -> None:
     shutil.copytree(good.parent.parent / ".hydra", broken / ".hydra")
     (broken / "checkpoints").mkdir()
     (broken / "checkpoints" / "last.pt").write_bytes(data[: len(data) // 3])
+    badyaml = torch.load(good, weights_only=True)  # a checkpoint whose stored config was edited into nonsense
+    badyaml["config"] = "model: [unclosed"
+    torch.save(badyaml, cwd / "badyaml.pt")
+    othermodel = torch.load(good, weights_only=True)  # ... or names another model than its weights are
+    othermodel["config"] = othermodel["config"].replace("name: mlp", "name: cnn", 1)
+    torch.save(othermodel, cwd / "othermodel.pt")
 
 
 EVAL_CASES = [
@@ -184,7 +219,19 @@ EVAL_CASES = [
     ("export-not-word2vec", ["export", "GOOD"], "dl export writes word vectors; this is a mlp checkpoint"),
     ("export-two-ckpts", ["export", "GOOD", "GOOD"], "dl export takes one checkpoint, got 2"),
     ("export-truncated", ["export", "truncated.pt"], "truncated or corrupt"),
+    ("eval-batch-size-0", ["eval", "GOOD", "trainer.eval_batch_size=0"],
+     "trainer.eval_batch_size=0: must be an integer >= 1"),
+    ("stored-config-not-yaml", ["eval", "badyaml.pt"], "the checkpoint's stored config does not read as YAML"),
+    ("stored-config-other-model", ["eval", "othermodel.pt"], "its stored config does not build a cnn"),
+    ("sample-foreign-option", ["sample", "GOOD", "--prompt", "hi"], "--prompt is for language models"),
+    ("sample-nan-temperature", ["sample", "LM", "--temperature", "nan"], "--temperature nan: must be a number in"),
+    ("sample-huge-generation", ["sample", "LM", "--max-new-tokens", "1000000000"], "must be an integer in [1, 10000]"),
+    ("sample-zero", ["sample", "GOOD", "-n", "0"], "--num-samples 0: must be an integer in [1, 10000]"),
+    ("sample-input-is-a-dir", ["sample", "GOOD", "--input", "emptydir"], "that is a directory"),
+    ("export-into-a-dir", ["export", "GOOD", "--out", "emptydir"], "dl export writes word vectors"),
     ("resume-finished-run", ["train", "trainer.resume=RUN"], "already finished 1 of trainer.epochs=1"),
+    ("resume-other-model", ["train", "trainer.resume=RUN", "model=cnn", "trainer.epochs=3"],
+     "was trained with model=mlp; it cannot go on with model=cnn"),
     ("resume-not-a-run", ["train", "trainer.resume=other.pt"], "is not inside a dl run dir"),
     ("resume-truncated-checkpoint", ["train", "trainer.resume=brokenrun"], "truncated or corrupt"),
 ]

@@ -9,11 +9,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import FAST, InProcessCLI
 from hydra import compose, initialize_config_module
+from hypothesis import HealthCheck, given, settings, strategies as st
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from conftest import FAST, InProcessCLI
 from dlcli.config.schema import SCHEMA, Number
 
 CONTEXTS = [[], ["optimizer=sgd"], ["optimizer=rmsprop"], ["optimizer=adagrad"], ["scheduler=step"],
@@ -136,3 +136,37 @@ def test_the_messages_say_the_range(value, expected):
     with tempfile.TemporaryDirectory() as tmp:
         res = InProcessCLI(Path(tmp))("train", value, *FAST)
     assert res.returncode == 2 and expected in res.stderr
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=8)
+RUN_KEYS = ["status", "started", "ended", "model", "dataset", "pid", "host", "resumed", "versions", "command",
+            "error", "seed", "device"]
+SUMMARY_KEYS = ["best", "epochs", "steps", "final", "test", "wall_time_s", "params", "stopped_by"]
+
+
+def records(keys: list[str]) -> st.SearchStrategy:
+    """A record with dl's own field names holding anything, or any JSON at all."""
+    return st.one_of(st.dictionaries(st.sampled_from(keys), JSON, max_size=len(keys)), JSON)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(run=records(RUN_KEYS), summary=records(SUMMARY_KEYS))
+def test_dl_runs_lists_what_it_can_whatever_a_run_json_holds(run, summary):
+    """A run.json / summary.json edited by hand or broken: `dl runs`, `--json`, `show` and `compare` still answer."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        good, bad = Path(tmp) / "outputs" / "runs" / "good", Path(tmp) / "outputs" / "runs" / "bad"
+        for d in (good, bad):
+            d.mkdir(parents=True)
+        (good / "run.json").write_text(json.dumps({"status": "completed", "model": "mlp", "dataset": "spirals"}))
+        (bad / "run.json").write_text(json.dumps(run))
+        (bad / "summary.json").write_text(json.dumps(summary))
+        dl = InProcessCLI(Path(tmp))
+        for args in (["runs"], ["runs", "--json"], ["runs", "show", str(bad)], ["runs", "compare", str(bad), str(good)]):
+            res = dl(*args)
+            assert "Traceback" not in res.stdout + res.stderr, (args, res.stderr[-1500:])
+            assert res.returncode in (0, 2), (args, res.returncode, res.stderr[-1500:])
+        assert "good" in dl("runs").stdout

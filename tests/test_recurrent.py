@@ -55,6 +55,8 @@ def test_lm_metrics_sampling_and_its_knobs(dl):
     assert greedy[0] == greedy[1] and greedy[0].startswith("the ")
     res = dl.ok("sample", str(run), "-n", "2", "--max-new-tokens", "30", "--temperature", "0.5", "--top-p", "0.9")
     assert res.stdout.count("--- sample") == 2 and "grammatical:" in res.stderr
+    res = dl("sample", str(run), "--beam", "5")  # an encoder-decoder's option: said, not ignored
+    assert res.returncode == 2 and "--beam is for encoder-decoders" in res.stderr
     out = json.loads(dl.ok("eval", str(run), "--json").stdout)
     assert out["test/loss"] == pytest.approx(s["test"]["test/loss"], rel=1e-6)
 

@@ -16,6 +16,7 @@ class UserError(Exception):
 
     exit_code = 2
 
+
 def choices(bad: str, valid: Iterable[str]) -> str:
     """' (did you mean X?) choose one of: a, b, c' for an error message."""
     valid = sorted(valid)
@@ -23,16 +24,26 @@ def choices(bad: str, valid: Iterable[str]) -> str:
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"{hint}; choose one of: {', '.join(valid)}"
 
+
 def debug() -> bool:
     return os.environ.get("DL_DEBUG", "") not in ("", "0")
+
 
 def report(err: BaseException) -> None:
     """Print one red line on stderr."""
 
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}")
 
+
 def exit_with(err: UserError) -> None:
     if debug():
         raise err
     report(err)
     sys.exit(err.exit_code)
+
+
+def missing_key(e: Exception, group: str, name: str) -> UserError:
+    """OmegaConf's 'Missing key x' while building from a user's YAML: one line naming the key and the file."""
+    key = getattr(e, "full_key", None) or str(e).splitlines()[0]
+    return UserError(f"{group}.name={name}: the {group} config has no {key} (or leaves it ???), which {name} needs; "
+                     f"add it to the YAML (the shipped one's keys: dl train {group}={name} --cfg job)")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from dlcli.base.errors import UserError, exit_with
+from dlcli.config.listing import group_options
 
 app = typer.Typer(
     name="dl",
@@ -28,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 def _guard(fn: Callable[[], Any]) -> None:
     """Run a command; a UserError becomes one red line and exit 2, Ctrl-C exits 130."""
     try:
@@ -37,13 +38,6 @@ def _guard(fn: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         raise typer.Exit(130) from None
-
-
-def group_options() -> dict[str, list[str]]:
-    """The shipped config groups and their options, from conf/'s folders (no YAML read, no Hydra, no torch)."""
-    return {group.name: sorted(f.name[:-5] for f in group.iterdir() if f.name.endswith(".yaml"))
-            for group in sorted(files("dlcli.conf").iterdir(), key=lambda g: g.name)
-            if group.is_dir() and not group.name.startswith(("_", ".")) and group.name != "hydra"}
 
 
 def train_help() -> str:
@@ -85,6 +79,7 @@ def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
         (overrides if "=" in item and not Path(item).exists() else paths).append(item)
     return paths, overrides
 
+
 @app.command("eval")
 def eval_(
     items: list[str] = typer.Argument(..., metavar="CKPT... [KEY=VALUE...]",
@@ -106,6 +101,7 @@ def eval_(
 
     _guard(go)
 
+
 @app.command()
 def sample(
     items: list[str] = typer.Argument(..., metavar="CKPT [KEY=VALUE...]",
@@ -114,12 +110,12 @@ def sample(
                                              help="Classifiers/regressors: predict for this CSV file (mlp) or these "
                                                   "image files (cnn; comma-separated) instead of test examples. "
                                                   "Encoder-decoders: the text to translate (or pipe lines on stdin)."),
-    num: int = typer.Option(None, "--num-samples", "-n",
+    num: Optional[int] = typer.Option(None, "--num-samples", "-n",
                             help="How many test examples to show (default 10), or texts to generate (default 1)."),
     out: Optional[str] = typer.Option(None, "--out", "-o",
                                       help="Image models: where to save the picture grid "
                                            "(default: <run>/plots/samples.png)."),
-    seed: int = typer.Option(0, "--seed", help="Which test examples are drawn / the sampling seed."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Which test examples are drawn / the sampling seed."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Language models: the text to continue "
                                                                        "(default: a new line)."),
     prompt_file: Optional[str] = typer.Option(None, "--prompt-file", help="Language models: read the prompt "
@@ -128,14 +124,14 @@ def sample(
                                                  help="Language models: tokens to generate (default 300). "
                                                       "Encoder-decoders: the longest output (default: the longest "
                                                       "training target + 5)."),
-    temperature: float = typer.Option(1.0, "--temperature", "-t",
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t",
                                       help="Language models: <1 sharper, >1 more random, 0 greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Language models: sample from the k likeliest "
                                                               "tokens only (1 = greedy)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Language models: nucleus sampling, the smallest "
                                                                 "set of tokens holding this much probability."),
-    beam: int = typer.Option(1, "--beam", help="Encoder-decoders: beam search with this many beams (1 = greedy)."),
-    length_penalty: float = typer.Option(0.6, "--length-penalty",
+    beam: Optional[int] = typer.Option(None, "--beam", help="Encoder-decoders: beam search with this many beams (1 = greedy)."),
+    length_penalty: Optional[float] = typer.Option(None, "--length-penalty",
                                          help="Encoder-decoders, beam search: GNMT's alpha; 0 ranks by total "
                                               "log-probability, larger favours longer outputs."),
     attention_plot: Optional[str] = typer.Option(None, "--attention-plot",
@@ -144,7 +140,7 @@ def sample(
     word: Optional[str] = typer.Option(None, "--word", "-w", help="Word embeddings: the words nearest this one."),
     analogy: Optional[str] = typer.Option(None, "--analogy", help="Word embeddings: the words nearest a vector "
                                                                   "sum, e.g. \"king - man + woman\"."),
-    topn: int = typer.Option(10, "--topn", help="Word embeddings: how many words to list."),
+    topn: Optional[int] = typer.Option(None, "--topn", help="Word embeddings: how many words to list."),
 ) -> None:
     """Show what a trained model predicts or generates.
 
@@ -163,15 +159,14 @@ def sample(
         paths, overrides = _split_overrides(items)
         if len(paths) != 1:
             raise UserError(f"dl sample takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
-        lm = {"prompt": prompt, "prompt_file": prompt_file,
-              "max_new_tokens": 300 if max_new_tokens is None else max_new_tokens,
-              "temperature": temperature, "top_k": top_k, "top_p": top_p}
-        sample_cli(paths[0], overrides, input_path=input_path, num=num, out=out, seed=seed, lm=lm,
-                   seq2seq={"beam": beam, "attention_plot": attention_plot, "length_penalty": length_penalty,
-                            "max_len": max_new_tokens},
-                   embedding={"word": word, "analogy": analogy, "topn": topn})
+        given = {"--input": input_path, "--num-samples": num, "--out": out, "--seed": seed, "--prompt": prompt,
+                 "--prompt-file": prompt_file, "--max-new-tokens": max_new_tokens, "--temperature": temperature,
+                 "--top-k": top_k, "--top-p": top_p, "--beam": beam, "--length-penalty": length_penalty,
+                 "--attention-plot": attention_plot, "--word": word, "--analogy": analogy, "--topn": topn}
+        sample_cli(paths[0], overrides, {k: v for k, v in given.items() if v is not None})
 
     _guard(go)
+
 
 @app.command("export")
 def export(
@@ -198,10 +193,48 @@ def export(
 
     _guard(go)
 
+@app.command("ls")
+def ls(group: Optional[str] = typer.Argument(None, help="A config group (model, dataset, optimizer, ...); "
+                                                       "all of them when left out.")) -> None:
+    """List every option of the config groups with one line about each, and which models fit which datasets.
+
+    Examples: dl ls;  dl ls model;  dl ls dataset
+    """
+
+    def go() -> None:
+        from dlcli.commands.ls import ls_cli  # lazy: torch (the model families)
+
+        ls_cli(group)
+
+    _guard(go)
+
+
+@app.command("cp")
+def cp(
+    what: str = typer.Argument(..., metavar="GROUP/NAME", help="A shipped config, e.g. model/lstm."),
+    dest: Optional[str] = typer.Argument(None, metavar="[DEST]", help="Where to write it (default: "
+                                                                       "./conf/GROUP/my_NAME.yaml); a folder: "
+                                                                       "DEST/GROUP/my_NAME.yaml."),
+    force: bool = typer.Option(False, "--force", help="Replace DEST if it exists."),
+) -> None:
+    """Copy a shipped config to edit it as your own; its first line says how to train with it.
+
+    Example: dl cp model/lstm (writes conf/model/my_lstm.yaml), then dl train --config-dir conf model=my_lstm
+    """
+
+    def go() -> None:
+        from dlcli.commands.ls import cp_cli  # lazy: as above
+
+        cp_cli(what, dest, force)
+
+    _guard(go)
+
+
 runs_app = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False,
                        context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(runs_app, name="runs")
 ROOT_OPTION = typer.Option("outputs", "--dir", help="The outputs directory (holding runs/ and sweeps/).")
+
 
 @runs_app.callback(invoke_without_command=True)
 def runs(
@@ -230,6 +263,7 @@ def runs(
 
     _guard(go)
 
+
 @runs_app.command("show")
 def runs_show(
     run: str = typer.Argument(..., metavar="RUN", help="A run dir (or a file in it, or its name under runs/)."),
@@ -244,6 +278,7 @@ def runs_show(
         show_run_cli(run, root, as_json=as_json)
 
     _guard(go)
+
 
 @runs_app.command("compare")
 def runs_compare(
@@ -267,6 +302,7 @@ def runs_compare(
         compare_cli(items, root, metric=metric, out=out, as_json=as_json)
 
     _guard(go)
+
 
 def main() -> None:
     app(prog_name="dl")

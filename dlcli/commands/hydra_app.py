@@ -66,6 +66,10 @@ def train_cli(args: list[str]) -> None:
     if len({MODES[f] for f in modes}) > 1:
         raise UserError(f"{' and '.join(sorted(modes))} cannot go together; give one of --multirun, --cfg, --info")
     multirun = "-m" in flags or "--multirun" in flags
+    for flag, value in zip(flags, flags[1:]):
+        if flag in ("--config-dir", "-cd") and not Path(value).expanduser().is_dir():
+            raise UserError(f"{flag} {value}: no such directory (it should hold your config groups, e.g. "
+                            f"{value}/model/mynet.yaml)")
     if any(f in PASSTHROUGH for f in flags):
         _call_hydra(flags, overrides)
         return
@@ -76,7 +80,7 @@ def train_cli(args: list[str]) -> None:
     _check_launcher(overrides)
     if resume_dir is not None and multirun:
         raise UserError("trainer.resume continues one run; it cannot go with -m (resume each job on its own)")
-    configs = compose_jobs(overrides, multirun)
+    configs = compose_jobs(with_config_dirs(flags, overrides), multirun)
     from dlcli.config.check import check_config  # imports torch: not before the --help/--cfg pass-through
 
     for cfg in configs:
@@ -122,6 +126,18 @@ def train_cli(args: list[str]) -> None:
                 discard_staged(run_dir)  # a resume refused before it trained: the run stays as it was
                 _remove_if_empty(run_dir)  # Hydra refused its arguments (dl train --foo): leave no empty run dir
                 release(run_dir)
+
+
+def with_config_dirs(flags: list[str], overrides: list[str]) -> list[str]:
+    """The overrides with --config-dir's folders added to hydra.searchpath, so that dl's own composition before
+    Hydra runs finds the user's configs as Hydra will."""
+    dirs = [f"file://{Path(v).expanduser().resolve()}" for f, v in zip(flags, flags[1:]) if f in ("--config-dir", "-cd")]
+    if not dirs:
+        return overrides
+    given = [o for o in overrides if o.startswith("hydra.searchpath=")]
+    listed = given[-1].split("=", 1)[1].strip().strip("[]") if given else ""
+    paths = [p.strip() for p in listed.split(",") if p.strip()] + [f"'{d}'" for d in dirs]
+    return [o for o in overrides if o not in given] + [f"hydra.searchpath=[{','.join(paths)}]"]
 
 
 def _one_run_dir(overrides: list[str], resume_dir: Path | None, cfg: DictConfig) -> Path:

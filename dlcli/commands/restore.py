@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from dlcli.base.errors import UserError
 from dlcli.base.task import Task
@@ -60,7 +61,11 @@ def restore(path: str | Path, overrides: list[str]) -> Restored:
     cfg = stored_config(ckpt, overrides)
     device = resolve_device(cfg.device)
     runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device))
-    model = build_model(cfg.model, ckpt["meta"])
+    try:
+        model = build_model(cfg.model, ckpt["meta"])
+    except (OmegaConfBaseException, KeyError, TypeError, ValueError) as e:  # a stored config edited by hand
+        raise UserError(f"{p}: its stored config does not build a {cfg.model.name} ({str(e).splitlines()[0][:100]});"
+                        " it was changed since dl train wrote it") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -12,6 +12,7 @@ from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
 from dlcli.commands.restore import restore, test_examples
 from dlcli.commands.sample_embeddings import sample_embeddings
+from dlcli.commands.sample_options import check_ranges, options_for
 from dlcli.commands.sample_seq2seq import sample_seq2seq
 from dlcli.commands.sample_text import sample_text
 from dlcli.data.images import load_image_files
@@ -19,24 +20,24 @@ from dlcli.data.tabular import encode_features, read_csv
 from dlcli.reports.plots import image_grid
 
 
-def sample_cli(path: str, overrides: list[str], input_path: str | None = None, num: int | None = None,
-               out: str | None = None, seed: int = 0, lm: dict | None = None, seq2seq: dict | None = None,
-               embedding: dict | None = None) -> None:
+def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
+    """`dl sample CKPT [options]`: `given` holds the options typed (by their flags), checked against the kind."""
+    check_ranges(given)
     r = restore(path, overrides)
     kind = r.ckpt["meta"].get("kind") or ("classify" if "num_classes" in r.ckpt["meta"] else "regress")
+    o = options_for(kind, given)
     if kind == "embedding":
-
-        sample_embeddings(r, **(embedding or {"word": None, "analogy": None, "topn": 10}))
+        sample_embeddings(r, o.get("--word"), o.get("--analogy"), o["--topn"])
         return
     if kind == "seq2seq":
-
-        sample_seq2seq(r, input_path, num, seed, **(seq2seq or {}))
+        sample_seq2seq(r, o.get("--input"), o["--num-samples"], o["--seed"], o["--beam"], o.get("--attention-plot"),
+                       o["--length-penalty"], o.get("--max-new-tokens"))
         return
     if kind == "lm":
-
-        sample_text(r, num_samples=num or 1, seed=seed, **(lm or {}))
+        sample_text(r, o.get("--prompt"), o.get("--prompt-file"), o["--max-new-tokens"], o["--temperature"],
+                    o.get("--top-k"), o.get("--top-p"), o["--num-samples"], o["--seed"])
         return
-    num = 10 if num is None else num
+    num, seed, input_path, out = o["--num-samples"], o["--seed"], o.get("--input"), o.get("--out")
     if kind == "tag":
         _show_tagging(r, num, seed)
         return
@@ -85,13 +86,12 @@ def sample_cli(path: str, overrides: list[str], input_path: str | None = None, n
             table.add_row(*cells)
         console.print(table)
 
+
 def _user_inputs(input_path: str, meta: dict) -> tuple[torch.Tensor, list[str]]:
     if len(meta["input_shape"]) == 3:
-
         files = [p for p in input_path.split(",") if p]
         return load_image_files(files, meta), [Path(f).name for f in files]
     if "preprocessing" in meta:
-
         header, rows = read_csv(input_path, what="--input")
         return encode_features(header, rows, meta["preprocessing"], f"--input {input_path}"), [
             f"row {i + 1}" for i in range(len(rows))]
@@ -106,6 +106,7 @@ def _user_inputs(input_path: str, meta: dict) -> tuple[torch.Tensor, list[str]]:
     except ValueError:
         raise UserError(f"--input {input_path}: the columns {', '.join(want)} must be numbers") from None
     return x, [f"row {i + 1}" for i in range(len(rows))]
+
 
 def _save_grid(r: Any, x: torch.Tensor, probs: torch.Tensor, true: torch.Tensor | None, names: list[str],
                out: str | None) -> None:
@@ -124,6 +125,7 @@ def _save_grid(r: Any, x: torch.Tensor, probs: torch.Tensor, true: torch.Tensor 
     path = Path(out) if out else r.path.parent.parent / "plots" / "samples.png"
     image_grid(images, titles, colors, path, "true → predicted" if true is not None else "predicted")
     make_console().print(f"picture: {path}")
+
 
 def _show_tagging(r: Any, num: int, seed: int) -> None:
     """Sequence in, sequence out (copy memory): the input, the scored target steps and the model's answer."""

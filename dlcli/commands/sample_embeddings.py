@@ -13,8 +13,6 @@ from dlcli.data.word_vectors import neighbours, unit_rows
 
 def sample_embeddings(r: Restored, word: str | None, analogy: str | None, topn: int) -> None:
     """`dl sample CKPT [--word W | --analogy "king - man + woman"] [--topn N]`: ranked words with cosine."""
-    if topn < 1:
-        raise UserError(f"--topn {topn}: show at least 1 word")
     vocab = r.ckpt["meta"]["vocab"]
     index = {w: i for i, w in enumerate(vocab)}
     unit = unit_rows(r.model.vectors())

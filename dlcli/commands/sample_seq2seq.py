@@ -12,6 +12,7 @@ from rich.table import Table
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
+from dlcli.base.tokens import SPECIALS, unknown_tokens
 from dlcli.commands.restore import test_examples
 from dlcli.data.pairs import encode, ids_to_text, max_output_len, output_tokens, tokens_of, visible_tokens
 from dlcli.data.translation import normalize
@@ -22,20 +23,16 @@ from dlcli.reports.plots import attention_heatmaps
 def source_tokens(text: str, meta: dict) -> list[str]:
     """User text -> source tokens the model knows, normalised as its training data was; one line on bad input."""
     if meta.get("direction"):  # eng_fra: the same normalisation as training
-
         text = normalize(text)
     tokens = tokens_of(text.strip(), meta["src_level"])
     if not tokens:
         raise UserError("--input is empty: give a sentence to translate, e.g. --input \"abcde\"")
-    known = set(meta["src_vocab"][4:])
-    unknown = sorted({t for t in tokens if t not in known})
-    if unknown:
-        shown = ", ".join(repr(t) for t in unknown[:10])
-        vocab = meta["src_vocab"][4:]
-        listing = "".join(vocab) if meta["src_level"] == "char" else f"{len(vocab)} words"
-        raise UserError(f"--input has {len(unknown)} token(s) the model never saw: {shown}; its source vocabulary "
-                        f"is {listing!r}")
+    problem = unknown_tokens(tokens, meta["src_vocab"][len(SPECIALS):], meta["src_level"], "--input",
+                             "source vocabulary")
+    if problem:
+        raise UserError(problem)
     return tokens
+
 
 def decode(model: torch.nn.Module, src: torch.Tensor, meta: dict, beam: int, length_penalty: float = 0.6,
            max_len: int | None = None) -> tuple[torch.Tensor, Any]:
@@ -49,6 +46,7 @@ def decode(model: torch.nn.Module, src: torch.Tensor, meta: dict, beam: int, len
     if beam == 1:
         return greedy_decode(model, src, max_len)
     return beam_search(model, src, beam, max_len, alpha=length_penalty)
+
 
 def sample_seq2seq(r: Any, input_text: str | None, num: int | None, seed: int, beam: int = 1,
                    attention_plot: str | None = None, length_penalty: float = 0.6,
@@ -76,10 +74,12 @@ def sample_seq2seq(r: Any, input_text: str | None, num: int | None, seed: int, b
         _attention_plot(r, sources, ids, attn, Path(attention_plot))
     return outputs
 
+
 def _stdin_lines() -> list[str]:
     if sys.stdin is None or sys.stdin.isatty():
         return []
     return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
 
 def _table(r: Any, sources: list[list[str]], targets: list[str], outputs: list[str], meta: dict, beam: int) -> None:
     sep = "" if meta["src_level"] == "char" else " "
@@ -93,8 +93,8 @@ def _table(r: Any, sources: list[list[str]], targets: list[str], outputs: list[s
     console.print(table)
     console.print(f"{sum(o == t for o, t in zip(outputs, targets))}/{len(outputs)} exactly right")
 
-def _attention_plot(r: Any, sources: list[list[str]], ids: torch.Tensor, attn: Any, path: Path) -> None:
 
+def _attention_plot(r: Any, sources: list[list[str]], ids: torch.Tensor, attn: Any, path: Path) -> None:
     if attn is None:
         raise UserError(f"--attention-plot: model={r.cfg.model.name} has no attention to draw (the fixed-context "
                         "seq2seq); use a model=attention or model=transformer checkpoint")

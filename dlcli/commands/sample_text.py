@@ -10,6 +10,7 @@ import torch
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
+from dlcli.base.tokens import unknown_tokens
 from dlcli.data.language import detokenize, grammar_validity, tokenize
 from dlcli.models.decoding import generate
 
@@ -18,12 +19,11 @@ def encode_prompt(text: str, meta: dict) -> list[int]:
     vocab = meta["vocab"]
     index = {t: i for i, t in enumerate(vocab)}
     tokens = tokenize(text, meta.get("level", "char"))
-    unknown = sorted({t for t in tokens if t not in index})
-    if unknown and not meta.get("unk"):
-        shown = ", ".join(repr(t) for t in unknown[:10])
-        raise UserError(f"--prompt has {len(unknown)} token(s) the model never saw: {shown}; its vocabulary is "
-                        f"{''.join(vocab) if meta.get('level') == 'char' else str(len(vocab)) + ' words'!r}")
+    problem = None if meta.get("unk") else unknown_tokens(tokens, vocab, meta.get("level", "char"), "--prompt")
+    if problem:
+        raise UserError(problem)
     return [index.get(t, index.get(meta.get("unk"), 0)) for t in tokens]
+
 
 def sample_text(r: Any, prompt: str | None = None, prompt_file: str | None = None, max_new_tokens: int = 300,
                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -35,10 +35,7 @@ def sample_text(r: Any, prompt: str | None = None, prompt_file: str | None = Non
         prompt = Path(prompt_file).read_text(encoding="utf-8")
     if prompt is None:
         prompt = "\n" if "\n" in meta["vocab"] else meta["vocab"][0]
-    if max_new_tokens < 1 or num_samples < 1:
-        raise UserError("--max-new-tokens and --num-samples must be at least 1")
-    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
-        raise UserError("--temperature must be >= 0, --top-k >= 1 and --top-p in (0, 1]")
+    # the options' ranges: sample_options.py
     ids = encode_prompt(prompt, meta)
     if not ids:
         raise UserError("--prompt is empty")
@@ -61,7 +58,6 @@ def sample_text(r: Any, prompt: str | None = None, prompt_file: str | None = Non
         sys.stdout.write("\n")
         texts.append(detokenize([vocab[t] for t in out[0].tolist()], level))
     if meta.get("validator") == "grammar":
-
         valid, total = grammar_validity(texts)
         share = f"{valid / total:.1%}" if total else "n/a"
         make_console(stderr=True).print(f"grammatical: {valid}/{total} complete sentences ({share})")

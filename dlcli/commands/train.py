@@ -122,10 +122,10 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if t.plots:
-
         for path in plot_run(run_dir, logger.rows, task, model, runtime, int(t.eval_batch_size)):
             reporter.say(f"plot: {path}")
     return summary
+
 
 class RunRecord:
     """run.json: status (running|completed|failed|interrupted), command, times, versions, device, seed."""
@@ -187,9 +187,10 @@ class RunRecord:
         self.data.update(status=status, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
         self.write()
 
-def _task_overrides() -> list[str]:
 
+def _task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
+
 
 def run_job(cfg: DictConfig) -> float | None:
     """What Hydra calls per job: the run around run(), with its record and its failure modes."""
@@ -249,6 +250,7 @@ def run_job(cfg: DictConfig) -> float | None:
     value = summary["best"]["value"]
     return float(value) if value is not None else None
 
+
 def _leave(e: BaseException) -> None:
     """A rank other than 0 under DDP ends. What every rank hit (an agreed interrupt, a diverged loss) rank 0
     reports: this one exits 0, so torchrun does not tear rank 0 down before it has recorded the run. An error of
@@ -258,6 +260,7 @@ def _leave(e: BaseException) -> None:
     report(UserError(f"rank {distributed.rank()}: {e}"))
     sys.exit(getattr(e, "exit_code", 1))
 
+
 class _NoRecord:
     """Ranks other than 0 under DDP: rank 0 keeps run.json."""
 
@@ -266,6 +269,7 @@ class _NoRecord:
 
     def finish(self, status: str, **extra: Any) -> None:
         pass
+
 
 def _launch(cfg: DictConfig, run_dir: Path) -> float | None:
     """trainer.devices=N: run this job on N processes (torch.distributed.run), in this run dir; their rank 0
@@ -280,6 +284,7 @@ def _launch(cfg: DictConfig, run_dir: Path) -> float | None:
         sys.exit(code)
     value = json.loads((run_dir / "summary.json").read_text())["best"]["value"]
     return float(value) if value is not None else None
+
 
 def _saved_step(path: Path) -> str:
     try:

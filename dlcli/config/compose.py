@@ -20,6 +20,7 @@ CONFIG_MODULE = "dlcli.conf"
 # Keys whose default is a number but which also take one of these words.
 WORD_VALUES = {"trainer.batch_size": {"full"}}
 
+
 def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
     """Compose the config of every job the overrides describe; raise UserError naming the first bad override."""
 
@@ -27,18 +28,19 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         groups = {g for g in loader.list_groups("") if g != "hydra"}
-        parser = OverridesParser.create()
-        try:
-            parsed = parser.parse_overrides([o for o in overrides if not o.startswith("hydra.")])
-        except OverrideParseException as e:
-            raise UserError(f"cannot read override: {str(e).splitlines()[0]}") from None
+        # user config dirs (--config-dir, hydra.searchpath): every composition below looks there too
+        search = [o for o in overrides if o.startswith("hydra.searchpath=")][-1:]
+        parser = OverridesParser.create(config_loader=loader)  # glob(...) sweeps list group options through it
+        parsed = parse(parser, [o for o in overrides if not o.startswith("hydra.")])
+        check_repeats(parsed)
+
         def check_groups(parsed: list) -> None:
             for o in parsed:
                 if o.is_sweep_override() and not multirun:
                     raise UserError(f"{o.input_line} lists several values: add -m (multirun) to sweep over them")
                 group = o.key_or_group.lstrip("+~")
                 if group in groups and not o.is_delete():
-                    options = loader.get_group_options(group)
+                    options = loader.get_group_options(group, config_name="config", overrides=search)
                     for value in sweeps.sweep_values(o):  # choice/range values, an interval's ends
                         if value not in options:
                             raise UserError(f"{group}={value}: no such {group}{choices(value, options)}")
@@ -56,10 +58,10 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
                                or o.lstrip("+~").startswith("hydra/"))
             try:
                 if group_part not in bases:
-                    bases[group_part] = compose("config", overrides=list(group_part))
+                    bases[group_part] = compose("config", overrides=[*search, *group_part])
                 base = bases[group_part]
                 _check_keys(base, [o for o in job if o not in group_part])
-                cfg = compose("config", overrides=job)
+                cfg = compose("config", overrides=[*search, *job])
             except HydraException as e:
                 raise UserError(sweeps.composition_hint(str(e)) or _first_line(e)) from None
             _check_types(base, cfg, [o for o in job if o not in group_part])
@@ -69,9 +71,11 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
         sweeps.check_sweep(configs, sweeper)  # Optuna's direction vs trainer.mode; a monitor the task never logs
     return configs
 
+
 def _first_line(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
+
 
 def _check_keys(base: DictConfig, job: list[str]) -> None:
     """An override of a key that does not exist: say so and suggest the close one."""
@@ -80,11 +84,11 @@ def _check_keys(base: DictConfig, job: list[str]) -> None:
         if key.startswith(("+", "~")):
             continue
         if not has_key(base, key):
-
             close = difflib.get_close_matches(key, leaf_keys(base), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UserError(f"{o}: there is no key '{key}'{hint}; add a new key with +{o}, "
                             "or see every key with: dl train --cfg job")
+
 
 def _check_types(base: DictConfig, cfg: DictConfig, job: list[str]) -> None:
     """A value whose type differs from the default's (trainer.epochs=abc): one clear line."""
@@ -113,6 +117,7 @@ def _check_types(base: DictConfig, cfg: DictConfig, job: list[str]) -> None:
             extra = f" or {' / '.join(sorted(words))}" if words else ""
             raise UserError(f"{o}: {key} must be {want}{extra} (default: {_show(default)})")
 
+
 def _type_name(v: Any) -> str:
     if isinstance(v, bool):
         return "a boolean (true/false)"
@@ -126,7 +131,41 @@ def _type_name(v: Any) -> str:
         return "a mapping"
     return "a text value"
 
+
 def _show(v: Any) -> str:
     if isinstance(v, (ListConfig, DictConfig)):
         return str(OmegaConf.to_container(v))
     return str(v)
+
+
+def parse(parser: Any, overrides: list[str]) -> list[Any]:
+    """Hydra's parse of each override; one that does not parse is named, with what usually went wrong."""
+    parsed = []
+    for o in overrides:
+        try:
+            parsed += parser.parse_overrides([o])
+        except OverrideParseException:
+            if "=" not in o:
+                hint = ("not key=value: a value with a space must be quoted as a whole, e.g. "
+                        "dataset.path='my file.csv' (a lone word after a space is read as its own override)")
+            elif o.rstrip().endswith(","):
+                hint = "a trailing comma: a list of values to sweep needs a value after each comma (and -m)"
+            else:
+                hint = ("Hydra cannot read it; quote a value with special characters (= , [ ] { } ' \" spaces): "
+                        "key='value'")
+            raise UserError(f"{o}: {hint}") from None
+    return parsed
+
+
+def check_repeats(parsed: list[Any]) -> None:
+    """The same key (or group) twice: Hydra would keep the last silently (a sweep would lose its list)."""
+    seen: dict[str, str] = {}
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_delete() or o.is_add() and key not in seen:
+            seen.setdefault(key, o.input_line)
+            continue
+        if key in seen:
+            raise UserError(f"{key} is given twice ({seen[key]} and {o.input_line}); give it once "
+                            f"(a sweep lists its values in one override: {key}=a,b)")
+        seen[key] = o.input_line

@@ -10,6 +10,7 @@ end points of each interval together with every choice.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -28,6 +29,7 @@ PLUGINS = {("sweeper", "optuna"): ("hydra-optuna-sweeper", "optuna"),
 SWEEP_GROUPS = ("experiment", "hparams_search")
 MAX_CHECKED = 256  # cartesian products larger than this are checked one value at a time
 
+
 @dataclass
 class SweepPlan:
     """What compose_jobs learns about a sweep beyond its jobs: the base config Hydra composes before it sweeps
@@ -41,13 +43,20 @@ class SweepPlan:
     def sweeper(self) -> Any:
         return self.base.hydra.sweeper
 
+
 def composition_hint(error: str) -> str | None:
     """A clearer line for a composition error caused by a Hydra plugin that is not installed: 'pip install ...'."""
     for (group, name), (package, extra) in PLUGINS.items():
         if f"hydra/{group}/{name}" in error or f"hydra/{group}={name}" in error:
             return (f"hydra/{group}={name} needs Hydra's {name} {group} plugin: pip install 'dlcli[{extra}]' "
                     f"(that is {package})")
+    auto = re.search(r"Could not find 'dataset/auto/([^']+)'", error)
+    if auto:  # a model of the user's own: its default dataset is not declared
+        m = auto[1]
+        return (f"model={m} has no default dataset: name one (dataset=NAME, see dl ls dataset), or give it one in "
+                f"your config dir as dataset/auto/{m}.yaml holding: defaults: [/dataset/NAME@_here_]")
     return None
+
 
 def base_config(overrides: list[str], parsed: list[Any], groups: set[str]) -> DictConfig:
     """The sweep's base config with Hydra's node (hydra.sweeper), as the command line's groups compose it (sweeps
@@ -60,6 +69,7 @@ def base_config(overrides: list[str], parsed: list[Any], groups: set[str]) -> Di
         return compose("config", overrides=fixed, return_hydra_config=True)
     except HydraException as e:
         raise UserError(composition_hint(str(e)) or str(e).strip().splitlines()[0]) from None
+
 
 def with_sweeper_params(overrides: list[str], parsed: list[Any], parser: Any, multirun: bool,
                         groups: set[str]) -> tuple[list, SweepPlan | None]:
@@ -91,6 +101,7 @@ def with_sweeper_params(overrides: list[str], parsed: list[Any], parser: Any, mu
     merged = [o for o in from_config if o.get_key_element() not in given] + parsed
     return merged, SweepPlan(base, parsed, merged)
 
+
 def sweep_values(override: Any) -> list[str]:
     """The values of an override as strings: every choice or range value; an interval's two ends."""
     if override.is_interval_sweep():
@@ -99,6 +110,7 @@ def sweep_values(override: Any) -> list[str]:
     if override.is_sweep_override():
         return [str(v) for v in override.sweep_string_iterator()]
     return [override.get_value_element_as_str()]
+
 
 def job_lists(parsed: list[Any], plan: SweepPlan | None) -> list[list[str]]:
     """The jobs to compose before Hydra runs: the basic sweeper's own list; for a sampling sweeper (Optuna), the
@@ -127,6 +139,7 @@ def job_lists(parsed: list[Any], plan: SweepPlan | None) -> list[list[str]]:
     first = [v[0] for v in lists]
     return [first[:i] + [value] + first[i + 1:] for i, v in enumerate(lists) for value in v]
 
+
 def check_sweep(configs: list[DictConfig], plan: SweepPlan | None) -> None:
     """What no single job's config shows (every job composed fine): a fixed value the sweep's base config lacks,
     Optuna's direction against trainer.mode, and a trainer.monitor that the task never logs (found by one tiny
@@ -145,6 +158,7 @@ def check_sweep(configs: list[DictConfig], plan: SweepPlan | None) -> None:
             continue
         checked.add(key)
         _check_monitor(cfg)
+
 
 def _check_base(plan: SweepPlan) -> None:
     """Hydra sets the command line's fixed values on the sweep's base config, with every swept group at its
@@ -167,6 +181,7 @@ def _check_base(plan: SweepPlan) -> None:
                             f"{', '.join(s.input_line for s in swept)}, and that base has no key '{key}'{where}; "
                             f"make it a one-value sweep so each job gets it: '{key}=choice({o.value()})'")
 
+
 def _check_direction(configs: list[DictConfig], sweeper: Any) -> None:
     """Optuna optimises what the task function returns: the run's best trainer.monitor, best by trainer.mode."""
     if "direction" not in sweeper:
@@ -183,6 +198,7 @@ def _check_direction(configs: list[DictConfig], sweeper: Any) -> None:
                             f"the {'lowest' if want == 'minimize' else 'highest'} of; set "
                             f"hydra.sweeper.direction={want}, or trainer.mode to match")
 
+
 def _check_storage(sweeper: Any) -> None:
     """hydra-optuna-sweeper pins optuna < 3; optuna 2.x cannot open a database through SQLAlchemy 2 (its study
     creation fails on an assertion), and alembic, which optuna needs, now requires SQLAlchemy 2."""
@@ -197,6 +213,7 @@ def _check_storage(sweeper: Any) -> None:
         raise UserError(f"hydra.sweeper.storage={sweeper.storage}: optuna {optuna} (what hydra-optuna-sweeper "
                         f"allows) cannot use a database with SQLAlchemy {sqlalchemy}; leave storage null: the study "
                         "lives in memory, its results in optimization_results.yaml and summary.csv")
+
 
 def _check_monitor(cfg: DictConfig) -> None:
     """Build the job's task and model on the CPU and look at the metric names one tiny batch gives."""

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
-from dlcli.base.errors import UserError, choices
+from dlcli.base.errors import UserError, choices, missing_key
 from dlcli.base.task import Task
 
 
@@ -39,7 +40,10 @@ def build_task(cfg: Any, loss_cfg: Any, device: torch.device, stored_meta: dict 
         kwargs["vocab"] = stored_meta["vocab"]  # token ids must mean what they meant in training
     if stored_meta and stored_meta.get("kind") == "seq2seq":
         kwargs["stored_meta"] = stored_meta  # the same for both vocabularies
-    task = builders()[cfg.name](cfg, loss_cfg, **kwargs)
+    try:
+        task = builders()[cfg.name](cfg, loss_cfg, **kwargs)
+    except (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue) as e:  # a user's YAML without a key
+        raise missing_key(e, "dataset", cfg.name) from None
     task.meta["kind"] = task.kind  # models pick their head (many-to-one / many-to-many) from it
     for split in ("train", "val", "test"):
         if task.size(split) == 0:

@@ -26,6 +26,7 @@ from dlcli.data.download import download_zip_member, sha256_of
 from dlcli.data.word_vectors import evaluate_embeddings, finish_run, read_analogies, read_similarity, save_word2vec
 from dlcli.models.word2vec import InPlaceTraining, cpu_kernel
 
+MIN_KEPT_WORDS = 2  # a train split expected to keep fewer after subsampling scores no pair at all: refused
 MAX_SENTENCE = 10_000  # gensim truncates longer sentences; we cut them into pieces of this size
 TEXT8 = {"url": "http://mattmahoney.net/dc/text8.zip", "member": "text8",
          # sha256 of the unzipped 100,000,000-byte file (the archive's bytes are not what we train on)
@@ -130,6 +131,11 @@ class EmbeddingTask(Task):
         if self.negative < 0:
             raise UserError(f"model.negative={cfg.negative}: noise words per pair, >= 0 (0: hierarchical softmax only)")
         self.keep_prob = keep_probabilities(counts, float(cfg.sample)).float()
+        kept = float(self.keep_prob[splits["train"][0]].sum())
+        if kept < MIN_KEPT_WORDS:  # (val/test: an evaluation that scores no pair says nan, never a loss of 0)
+            raise UserError(f"dataset={cfg.name}: after subsampling frequent words (dataset.sample={cfg.sample}) its "
+                            f"train split keeps ~{kept:.0f} of its {len(splits['train'][0])} words: nothing to train "
+                            "on; raise dataset.sample (1 keeps every word) or use a longer, more varied corpus")
         exponent = float(cfg.get("ns_exponent", 0.75))
         self.noise_weights = counts.pow(exponent)  # the C++ trainer's alias tables
         self.noise_cdf = noise_cdf(counts, exponent)  # the batched path's draws
@@ -212,7 +218,8 @@ class EmbeddingTask(Task):
 
     def summarize(self, stats: dict[str, Tensor]) -> dict[str, float]:
         pairs = float(stats["pairs"])
-        return {"loss": float(stats["loss_sum"]) / max(pairs, 1.0)}
+        # no pair scored (all subsampled away): the loss is undefined, not 0 (a 0 would be taken as the best)
+        return {"loss": float(stats["loss_sum"]) / pairs if pairs else float("nan")}
 
     def eval_metrics(self, model: torch.nn.Module, split: str) -> dict[str, float]:
         return evaluate_embeddings(self, model, show=self.show and split == "val")

@@ -16,12 +16,17 @@ from dlcli.base.errors import UserError
 def read_user_text(path: str | Path, what: str, encoding: str = "utf-8") -> str:
     """A file the user named: its text, or one clear line (missing, not UTF-8)."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{what}={path}: that is a directory; name a file")
     if not p.is_file():
-        raise UserError(f"{what}={path}: no such file")
+        raise UserError(f"{what}={path}: no such file" + (" (a symlink to nowhere, or a loop)" if p.is_symlink() else ""))
     try:
         return p.read_text(encoding=encoding)
     except UnicodeDecodeError as e:
         raise UserError(f"{what}={path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"{what}={path}: cannot read it ({e.strerror})") from None
+
 
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
@@ -29,6 +34,7 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
 
 def download(url: str, dest: Path, sha256: str | None) -> Path:
     """Fetch url to dest through dest.part; a sha256 mismatch removes the partial file and raises UserError.
@@ -60,6 +66,7 @@ def download(url: str, dest: Path, sha256: str | None) -> Path:
     os.replace(part, dest)
     return dest
 
+
 def find_or_download(name: str, root: str | Path, subdirs: tuple[str, ...], files: dict[str, str], base_url: str,
                      allow_download: bool, fetch: Callable[[str, Path, str], Path] | None = None) -> dict[str, Path]:
     """Return {filename: path}. Looks in root/<subdir>/ for each subdir, then root/; downloads into root/<subdirs[0]>/.
@@ -68,6 +75,9 @@ def find_or_download(name: str, root: str | Path, subdirs: tuple[str, ...], file
     fetch(file name, destination, sha256) replaces the plain <base_url>/<file> download (e.g. a zip member).
     """
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"dataset.root={root} is a file, not a directory (DL_DATA_DIR sets it); point it at the "
+                        f"folder that holds {name} (or where it may be downloaded)")
     for folder in [root / s for s in subdirs] + [root]:
         if all((folder / f).is_file() for f in files):
             for f, digest in files.items():
@@ -91,6 +101,7 @@ def find_or_download(name: str, root: str | Path, subdirs: tuple[str, ...], file
             raise UserError(f"{name} not found under {root} and {e}; put the files in {target} "
                             "or set DL_DATA_DIR / dataset.root to a directory that has them") from None
     return out
+
 
 def download_zip_member(url: str, member: str, dest: Path, sha256: str) -> Path:
     """Fetch a zip, extract one member to dest and check the member's sha256 (the archive's own bytes may differ

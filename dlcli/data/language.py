@@ -23,6 +23,7 @@ SHAKESPEARE = {"file": "input.txt", "subdirs": ("tinyshakespeare", "shakespeare"
                "url": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare",
                "sha256": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"}
 
+
 class LMTask(TagTask):
     """Next-token prediction. Metrics: loss (nats/token), ppl, and bpc (bits per character) at character level."""
 
@@ -65,6 +66,7 @@ class LMTask(TagTask):
             return grammar_sample_metrics(self, model)
         return {}
 
+
 def windows(stream: Tensor, block: int) -> tuple[Tensor, Tensor]:
     """Non-overlapping (input, next-token target) windows covering the stream."""
     n = (len(stream) - 1) // block
@@ -74,6 +76,7 @@ def windows(stream: Tensor, block: int) -> tuple[Tensor, Tensor]:
     x = stream[: n * block].view(n, block)
     y = stream[1: n * block + 1].view(n, block)
     return x, y
+
 
 def tokenize(text: str, level: str) -> list[str]:
     if level == "char":
@@ -87,10 +90,12 @@ def tokenize(text: str, level: str) -> list[str]:
         return tokens
     raise UserError(f"dataset.level={level}: choose char or word")
 
+
 def detokenize(tokens: list[str], level: str) -> str:
     if level == "char":
         return "".join(tokens)
     return " ".join(tokens).replace(" \n ", "\n").replace(" \n", "\n")
+
 
 def lm_task(text: str, cfg: Any, loss_cfg: Any, extra_meta: dict | None = None,
             vocab: list[str] | None = None) -> LMTask:
@@ -125,11 +130,13 @@ VERBS = {"sg": ["sees", "chases", "likes", "hears"], "pl": ["see", "chase", "lik
 ADJECTIVES = ["big", "small", "red", "old", "quick"]
 DETERMINERS = {"sg": ["the", "a"], "pl": ["the", "some"]}
 
+
 def _noun_phrase(rng: random.Random, number: str) -> list[str]:
     words = [rng.choice(DETERMINERS[number])]
     if rng.random() < 0.3:
         words.append(rng.choice(ADJECTIVES))
     return words + [rng.choice(NOUNS[number])]
+
 
 def grammar_sentence(rng: random.Random, relative_p: float) -> str:
     """S -> NP_n [that NP_m V_m] V_n [NP] '.': the verb agrees with its subject across a relative clause."""
@@ -142,6 +149,7 @@ def grammar_sentence(rng: random.Random, relative_p: float) -> str:
     if rng.random() < 0.7:
         words += _noun_phrase(rng, rng.choice(["sg", "pl"]))
     return " ".join(words) + " ."
+
 
 def is_grammatical(sentence: str) -> bool:
     """Parse one line of the grammar above (agreement included)."""
@@ -186,6 +194,7 @@ def is_grammatical(sentence: str) -> bool:
             return False
     return pos == len(toks) - 1 and toks[-1] == "."
 
+
 def grammar(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask:
     rng = random.Random(int(cfg.seed))
     n = int(cfg.n_sentences)
@@ -194,11 +203,13 @@ def grammar(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask:
     text = "\n".join(grammar_sentence(rng, float(cfg.relative_p)) for _ in range(n)) + "\n"
     return lm_task(text, cfg, loss_cfg, {"validator": "grammar"}, vocab)
 
+
 def shakespeare(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask:
     files = find_or_download("tiny-shakespeare", cfg.root, SHAKESPEARE["subdirs"],
                              {SHAKESPEARE["file"]: SHAKESPEARE["sha256"]}, cfg.get("url") or SHAKESPEARE["url"],
                              bool(cfg.download))
     return lm_task(files[SHAKESPEARE["file"]].read_text(encoding="utf-8"), cfg, loss_cfg, vocab=vocab)
+
 
 def text_file(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask:
     if cfg.get("path") in (None, "???"):
@@ -210,6 +221,7 @@ def text_file(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask
                         f"dataset.block_size={cfg.block_size}")
     return lm_task(text, cfg, loss_cfg, vocab=vocab)
 
+
 def grammar_validity(texts: list[str]) -> tuple[int, int]:
     """(grammatical, complete) sentences in generated texts; a line is complete once its newline was generated."""
     valid = total = 0
@@ -219,6 +231,7 @@ def grammar_validity(texts: list[str]) -> tuple[int, int]:
                 total += 1
                 valid += is_grammatical(line)
     return valid, total
+
 
 def grammar_sample_metrics(task: LMTask, model: torch.nn.Module) -> dict[str, float]:
     """Generate 32 x 300 characters after a newline (seeded, temperature 1) and parse every complete sentence."""

@@ -28,6 +28,7 @@ from dlcli.models.decoding import greedy_decode
 
 DECODE_BATCH = 512
 
+
 class Seq2SeqTask(Task):
     """Metrics: loss, ppl and acc (per target token, teacher-forced); after each evaluation exact (the greedy
     output equals the target) and bleu (sacrebleu, 0-100, characters or words as the target side's tokens)."""
@@ -96,9 +97,11 @@ class Seq2SeqTask(Task):
     def source_text(self, ids: list[int]) -> str:
         return ids_to_text(ids, self.meta["src_vocab"], self.meta["src_level"])
 
+
 def max_output_len(meta: dict) -> int:
     """How long free decoding may run: the longest target seen (BOS and EOS included) and a little slack."""
     return int(meta["max_tgt_len"]) + 5
+
 
 def bleu(hyps: list[str], refs: list[str], meta: dict) -> float:
     import sacrebleu  # slow to import (~0.3 s): only when a BLEU score is asked for
@@ -114,6 +117,7 @@ def tokens_of(text: str, level: str) -> list[str]:
         return text.split()
     raise UserError(f"level={level}: choose char or word")
 
+
 def ids_to_text(ids: list[int], vocab: list[str], level: str) -> str:
     """Token ids -> text, from after BOS up to EOS; pads and BOS dropped."""
     words = []
@@ -125,9 +129,11 @@ def ids_to_text(ids: list[int], vocab: list[str], level: str) -> str:
         words.append(vocab[i] if i < len(vocab) else "<unk>")
     return ("" if level == "char" else " ").join(words)
 
+
 def visible_tokens(ids: list[int], vocab: list[str]) -> list[str]:
     """A source row's tokens without its padding (the columns of an attention plot)."""
     return [vocab[i] for i in ids if i != PAD]
+
 
 def output_tokens(ids: list[int], vocab: list[str]) -> list[str]:
     """Decoded ids up to and including <eos> (what each attention row was computed for)."""
@@ -138,9 +144,11 @@ def output_tokens(ids: list[int], vocab: list[str]) -> list[str]:
             break
     return tokens
 
+
 def build_vocab(seqs: list[list[str]], min_freq: int = 1) -> list[str]:
     counts = Counter(t for s in seqs for t in s)
     return SPECIALS + sorted(t for t, c in counts.items() if c >= min_freq)
+
 
 def encode(seqs: list[list[str]], vocab: list[str], bos_eos: bool) -> Tensor:
     index = {t: i for i, t in enumerate(vocab)}
@@ -152,6 +160,7 @@ def encode(seqs: list[list[str]], vocab: list[str], bos_eos: bool) -> Tensor:
     for i, r in enumerate(rows):
         out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
     return out
+
 
 def make_seq2seq_task(pairs: dict[str, list[tuple[list[str], list[str]]]], levels: tuple[str, str], loss_cfg: Any,
                       min_freq: int = 1, vocabs: tuple[list[str], list[str]] | None = None,
@@ -172,6 +181,7 @@ def make_seq2seq_task(pairs: dict[str, list[tuple[list[str], list[str]]]], level
             "max_tgt_len": max(s[1].shape[1] for s in splits.values()), **(extra_meta or {})}
     return Seq2SeqTask(splits, meta, loss_cfg)
 
+
 def stored_vocabs(stored_meta: dict | None) -> tuple[list[str], list[str]] | None:
     if stored_meta and stored_meta.get("kind") == "seq2seq":
         return stored_meta["src_vocab"], stored_meta["tgt_vocab"]
@@ -187,6 +197,7 @@ def _length_range(cfg: Any, split: str) -> tuple[int, int]:
         key = "test_min_len/test_max_len" if split == "test" else "min_len/max_len"
         raise UserError(f"dataset.{key}={lo}/{hi}: need 1 <= min <= max")
     return lo, hi
+
 
 def _generate(cfg: Any, make: Any) -> dict[str, list[tuple[str, str]]]:
     """n_train/n_val/n_test examples from make(rng, split); val and test drop sources seen in train."""
@@ -209,15 +220,18 @@ def _generate(cfg: Any, make: Any) -> dict[str, list[tuple[str, str]]]:
         out[split] = items
     return out
 
+
 def _char_task(cfg: Any, loss_cfg: Any, make: Any, stored_meta: dict | None) -> Seq2SeqTask:
     pairs = {k: [(list(s), list(t)) for s, t in v] for k, v in _generate(cfg, make).items()}
     return make_seq2seq_task(pairs, ("char", "char"), loss_cfg, vocabs=stored_vocabs(stored_meta))
+
 
 def _alphabet(cfg: Any) -> str:
     k = int(cfg.symbols)
     if not 2 <= k <= 26:
         raise UserError(f"dataset.symbols={k}: use 2 to 26 letters")
     return "abcdefghijklmnopqrstuvwxyz"[:k]
+
 
 def reverse(cfg: Any, loss_cfg: Any, stored_meta: dict | None = None) -> Seq2SeqTask:
     letters = _alphabet(cfg)
@@ -228,6 +242,7 @@ def reverse(cfg: Any, loss_cfg: Any, stored_meta: dict | None = None) -> Seq2Seq
 
     return _char_task(cfg, loss_cfg, make, stored_meta)
 
+
 def sort(cfg: Any, loss_cfg: Any, stored_meta: dict | None = None) -> Seq2SeqTask:
     letters = _alphabet(cfg)
 
@@ -236,6 +251,7 @@ def sort(cfg: Any, loss_cfg: Any, stored_meta: dict | None = None) -> Seq2SeqTas
         return s, "".join(sorted(s))
 
     return _char_task(cfg, loss_cfg, make, stored_meta)
+
 
 def addition(cfg: Any, loss_cfg: Any, stored_meta: dict | None = None) -> Seq2SeqTask:
     """"123+45" -> "168"; min_len/max_len count the digits of each operand."""
@@ -251,6 +267,7 @@ def addition(cfg: Any, loss_cfg: Any, stored_meta: dict | None = None) -> Seq2Se
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
 
 def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
@@ -269,6 +286,7 @@ DATE_FORMATS = [
     lambda d: f"{MONTHS[d.month - 1].lower()} {_ordinal(d.day)} {d.year}",      # march 5th 2021
     lambda d: f"{d.year}{d.month:02d}{d.day:02d}",                              # 20210305
 ]
+
 
 def dates(cfg: Any, loss_cfg: Any, stored_meta: dict | None = None) -> Seq2SeqTask:
     """Many human date formats -> ISO 8601 (YYYY-MM-DD), dates between dataset.first_year and last_year."""

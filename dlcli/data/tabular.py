@@ -21,15 +21,51 @@ MAX_CLASSES_FOR_AUTO = 20
 
 
 def read_csv(path: str | Path, delimiter: str = ",", what: str = "dataset.path") -> tuple[list[str], list[list[str]]]:
+    """Header and data rows (blank lines skipped); every problem is one line naming the file and where."""
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise UserError(f"dataset.delimiter={delimiter!r}: one character, e.g. ',' or ';' or '\\t' (quote it: "
+                        "dataset.delimiter=';')")
     text = read_user_text(path, what, encoding="utf-8-sig")  # -sig: Excel's byte-order mark
-    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if any(c.strip() for c in r)]
+    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    rows = []
+    try:
+        for r in reader:
+            if any(c.strip() for c in r):
+                rows.append(r)
+    except csv.Error as e:  # a field over csv's limit (131072 characters: a quote never closed?), a stray NUL...
+        raise UserError(f"{what}={path}: line {reader.line_num} does not read as CSV ({e}); a quote opened and "
+                        "never closed?") from None
     if len(rows) < 2:
         raise UserError(f"{what}={path}: needs a header row and at least one data row (found {len(rows)} rows)")
     header = [h.strip() for h in rows[0]]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise UserError(f"{what}={path}: the header names {', '.join(repr(h) for h in twice)} more than once; "
+                        "give each column its own name")
     for i, r in enumerate(rows[1:], start=2):
         if len(r) != len(header):
             raise UserError(f"{what}={path}: line {i} has {len(r)} fields, the header has {len(header)}")
     return header, [[c.strip() for c in r] for r in rows[1:]]
+
+
+def check_cells(header: list[str], rows: list[list[str]], target: str, source: Any, training: bool = True) -> None:
+    """Before any split: no inf/-inf in a column (nothing to standardise), a value in every target cell, more than
+    one target value. Rows are counted after the header, blank lines skipped."""
+    if target not in header:
+        return  # fit_preprocessing names the columns there are
+    j = header.index(target)
+    for i, r in enumerate(rows, start=1):
+        if r[j].lower() in MISSING:
+            raise UserError(f"{source}: data row {i} has no value in the target column {target} ({r[j]!r}); "
+                            "fill it in or drop the row")
+        for name, v in zip(header, r):
+            x = _number(v)
+            if x is not None and not math.isfinite(x):
+                raise UserError(f"{source}: data row {i}, column {name} holds {v!r}; use a finite number or leave "
+                                "it empty (missing)")
+    if training and len({r[j] for r in rows}) < 2:  # evaluating on rows of one class is fine
+        raise UserError(f"{source}: the target column {target} holds one value ({rows[0][j]!r}) in all {len(rows)} "
+                        "rows: there is nothing to learn")
 
 
 def _number(v: str) -> float | None:
@@ -52,6 +88,9 @@ def fit_preprocessing(header: list[str], rows: list[list[str]], cfg: Any) -> dic
     if target not in header:
         raise UserError(f"dataset.target={target}: no such column in {cfg.path}; columns: {', '.join(header)}")
     features = list(cfg.features) if cfg.get("features") else [h for h in header if h != target]
+    if target in features:
+        raise UserError(f"dataset.features lists the target column {target}: the model would be given the answer; "
+                        "drop it from dataset.features")
     missing = [f for f in features if f not in header]
     if missing:
         raise UserError(f"dataset.features: no column(s) {', '.join(missing)} in {cfg.path}; "
@@ -146,6 +185,7 @@ def csv_dataset(cfg: Any, loss_cfg: Any, preprocessing: dict | None = None):
             raise UserError(f"dataset=csv needs dataset.{key}=...; e.g. dl train dataset=csv "
                             "dataset.path=data.csv dataset.target=label")
     header, rows = read_csv(cfg.path, cfg.delimiter)
+    check_cells(header, rows, str(cfg.target), cfg.path, training=preprocessing is None)
     if cfg.get("val_path") or cfg.get("test_path"):
         if not (cfg.get("val_path") and cfg.get("test_path")):
             raise UserError("give both dataset.val_path and dataset.test_path (or neither, to split by fraction)")

@@ -20,6 +20,7 @@ from dlcli.data.download import read_user_text
 
 RESTRICT = 300_000  # gensim's evaluate_word_analogies(restrict_vocab=300000)
 
+
 def unit_rows(vectors: Tensor) -> Tensor:
     v = vectors.float()
     return v / v.norm(dim=1, keepdim=True).clamp(min=1e-8)
@@ -47,6 +48,7 @@ def read_analogies(path: str | Path, lowercase: bool = True) -> list[tuple[str, 
         raise UserError(f"dataset.analogies={path}: no questions found (expected ': section' lines, then "
                         "four words a line)")
     return out
+
 
 def read_similarity(path: str | Path, lowercase: bool = True) -> list[tuple[str, str, float]]:
     """`word1 word2 score` a line (tabs or spaces; `#` comments and a header line without a number skipped)."""
@@ -82,6 +84,7 @@ def neighbours(unit: Tensor, vocab: list[str], query: Tensor, exclude: list[list
     top = scores.topk(min(topn, unit.shape[0] - 1), dim=1)
     return [[(vocab[j], float(s)) for s, j in zip(vals.tolist(), idx.tolist())]
             for vals, idx in zip(top.values, top.indices)]
+
 
 def analogy_accuracy(unit: Tensor, index: dict[str, int], questions: list[tuple[str, list[str]]],
                      restrict: int = RESTRICT, chunk: int = 512) -> dict[str, Any]:
@@ -119,6 +122,7 @@ def analogy_accuracy(unit: Tensor, index: dict[str, int], questions: list[tuple[
     return {"correct": right, "answered": answered, "oov": oov, "total": len(questions),
             "accuracy": right / answered if answered else float("nan"), "sections": sections}
 
+
 def ranks(x: Tensor) -> Tensor:
     """Ranks with ties averaged (as Spearman's rho needs)."""
     order = x.argsort()
@@ -129,10 +133,12 @@ def ranks(x: Tensor) -> Tensor:
     counts = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(r))
     return (sums / counts)[inverse]
 
+
 def spearman(a: Tensor, b: Tensor) -> float:
     ra, rb = ranks(a.double()), ranks(b.double())
     ra, rb = ra - ra.mean(), rb - rb.mean()
     return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp(min=1e-12))
+
 
 def similarity_spearman(unit: Tensor, index: dict[str, int], pairs: list[tuple[str, str, float]]
                         ) -> dict[str, Any]:
@@ -152,6 +158,7 @@ def unit_vectors(task: Any, model: Any) -> tuple[list[str], Tensor, dict[str, in
     vocab = task.meta["vocab"]
     return vocab, unit_rows(model.vectors()), {w: i for i, w in enumerate(vocab)}
 
+
 def evaluate_embeddings(task: Any, model: Any, show: bool = False) -> dict[str, float]:
     """Per evaluation: analogy accuracy and similarity rho (with their OOV counts); neighbours of the probe words
     printed when `show`."""
@@ -164,7 +171,6 @@ def evaluate_embeddings(task: Any, model: Any, show: bool = False) -> dict[str, 
         r = similarity_spearman(unit, index, task.similarity)
         out.update({"similarity": r["spearman"], "similarity_oov": float(r["oov"])})
     if show and task.probes:
-
         lines = []
         for w in task.probes:
             if w not in index:
@@ -174,6 +180,7 @@ def evaluate_embeddings(task: Any, model: Any, show: bool = False) -> dict[str, 
             lines.append(f"  {w}: " + ", ".join(f"{n} {s:.2f}" for n, s in near))
         make_console().print("nearest neighbours:\n" + "\n".join(lines), highlight=False)
     return out
+
 
 def finish_run(task: Any, model: Any) -> dict[str, float]:
     """End of training (test split, best weights) and `dl eval --split test`: analogy counts, a few examples."""
@@ -186,6 +193,7 @@ def finish_run(task: Any, model: Any) -> dict[str, float]:
         if task.show:
             show_analogy_examples(unit, vocab, index, task.questions)
     return out
+
 
 def show_analogy_examples(unit: Tensor, vocab: list[str], index: dict[str, int],
                           questions: list[tuple[str, list[str]]], per_section: int = 2) -> None:

@@ -48,18 +48,23 @@ def launched() -> bool:
     except ValueError:
         return False
 
+
 def active() -> bool:
     return _world > 1
+
 
 def rank() -> int:
     return _rank
 
+
 def world_size() -> int:
     return _world
+
 
 def is_main() -> bool:
     """Rank 0: the one process that writes the run dir and speaks to the user."""
     return _rank == 0
+
 
 def check_devices(devices: Any, device: torch.device) -> None:
     """trainer.devices: how many processes `dl train` starts on this machine."""
@@ -70,6 +75,7 @@ def check_devices(devices: Any, device: torch.device) -> None:
     if devices > 1 and device.type == "cuda" and devices > torch.cuda.device_count():
         raise UserError(f"trainer.devices={devices}: only {torch.cuda.device_count()} CUDA device(s) here; one "
                         "process per GPU (device=cpu runs several processes on the CPU)")
+
 
 def init(device: torch.device) -> None:
     """Join the process group that the environment describes: torchrun's RANK/WORLD_SIZE/MASTER_ADDR..., or a submitit
@@ -97,6 +103,7 @@ def init(device: torch.device) -> None:
         sys.stdout = open(os.devnull, "w")
         logging.getLogger("dlcli").disabled = True
 
+
 def _export_submitit_env() -> None:
     """Inside a Hydra submitit job with several tasks (hydra.launcher.tasks_per_node / nodes), let submitit set the
     env:// variables torch.distributed reads (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK)."""
@@ -110,10 +117,11 @@ def _export_submitit_env() -> None:
     except (ImportError, RuntimeError):
         return
 
-def _shutdown() -> None:
 
+def _shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
 
 def local_device(device: torch.device) -> torch.device:
     """Each process on its own GPU (cuda:LOCAL_RANK); the CPU is shared."""
@@ -121,16 +129,19 @@ def local_device(device: torch.device) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device())
     return device
 
+
 def hydra_overrides() -> list[str]:
     """Hydra overrides for ranks other than 0: they write no .hydra/ and no train.log into the shared run dir."""
     if _rank == 0:
         return []
     return ["hydra.output_subdir=null", "~hydra.job_logging.handlers.file", "hydra.job_logging.root.handlers=[]"]
 
+
 def check_batch_size(batch_size: int) -> None:
     if batch_size < _world:
         raise UserError(f"trainer.batch_size={batch_size} is the global batch, split across {_world} processes: "
                         f"give at least {_world}")
+
 
 def seed_rank(seed: int, step: int) -> None:
     """Dropout and other random draws differ between ranks; rank 0 keeps one process's stream."""
@@ -151,6 +162,7 @@ class _Step(nn.Module):
 
     def forward(self, *batch: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         return self.task.step(self.model, batch)
+
 
 def train_step(model: nn.Module, task: Any) -> Callable[[tuple], tuple[Tensor, dict[str, Tensor]]]:
     """batch -> (loss, stats) for the training loop: task.step on one process; under DDP this rank's slice through
@@ -174,11 +186,13 @@ def train_step(model: nn.Module, task: Any) -> Callable[[tuple], tuple[Tensor, d
     sums = bool(getattr(task, "gradient_of_sum", False))
     return lambda batch: _sharded(lambda part: ddp(*part), batch, sums)
 
+
 def eval_step(model: nn.Module, task: Any) -> Callable[[tuple], tuple[Tensor, dict[str, Tensor]]]:
     """batch -> (loss, stats) for evaluation: each rank steps through its slice (stats are summed afterwards)."""
     if _world == 1:
         return lambda batch: task.step(model, batch)
     return lambda batch: _sharded(lambda part: task.step(model, part), batch, False)
+
 
 def _sharded(step: Callable[[tuple], tuple[Tensor, dict]], batch: tuple, sums: bool) -> tuple[Tensor, dict]:
     """Step through this rank's contiguous slice of the batch's rows (tensors whose first dimension is not the rows,
@@ -208,6 +222,7 @@ def sum_stats(stats: dict[str, Tensor]) -> dict[str, Tensor]:
         dist.all_reduce(out[k])
     return out
 
+
 def mean(value: Tensor) -> Tensor:
     """The average of a tensor over ranks (the logged step loss)."""
     if _world == 1:
@@ -216,6 +231,7 @@ def mean(value: Tensor) -> Tensor:
     out = value.detach().clone()
     dist.all_reduce(out)
     return out / _world
+
 
 def agree(signum: int | None, flag: bool = False) -> tuple[int | None, bool]:
     """(a signal any rank received, whether any rank raised the flag): one answer for all, e.g. stop now."""
@@ -226,6 +242,7 @@ def agree(signum: int | None, flag: bool = False) -> tuple[int | None, bool]:
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
     return int(t[0]) or None, bool(t[1])
 
+
 def all_true(flag: bool) -> bool:
     """True when the flag holds on every rank (e.g. every rank's losses are finite)."""
     if _world == 1:
@@ -235,10 +252,11 @@ def all_true(flag: bool) -> bool:
     dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_control)
     return bool(t[0])
 
+
 def barrier() -> None:
     if _world > 1:
-
         dist.barrier(group=_control)
+
 
 def on_main(fn: Callable[[], Any]) -> Any:
     """fn() computed by rank 0 alone, its result given to every rank."""
@@ -249,9 +267,11 @@ def on_main(fn: Callable[[], Any]) -> Any:
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
+
 def broadcast_text(text: str | None) -> str:
     """Rank 0's string (e.g. the run dir it chose) on every rank."""
     return on_main(lambda: text)
+
 
 def broadcast_module(model: nn.Module) -> None:
     """Every rank takes rank 0's weights (e.g. the best checkpoint that rank 0 alone has read)."""
@@ -284,6 +304,7 @@ def launch(argv: list[str], nproc: int) -> int:
     except SignalException as e:
         return 128 + int(e.sigval)
     return 0
+
 
 def job_argv(task_overrides: list[str], resume: Any, run_dir: Any) -> list[str]:
     """The arguments that make each launched process run this same Hydra job in its run dir."""

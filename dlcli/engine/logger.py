@@ -21,6 +21,7 @@ from dlcli.base.errors import UserError
 
 log = logging.getLogger("dlcli")
 
+
 class MetricsLogger:
     """Every record is {step, epoch, split, name: value...}: split is step (train loss every N steps), train, val
     or test. Appended to metrics.jsonl as it happens; metrics.csv is the same as a table."""
@@ -75,6 +76,7 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
 
+
 class SilentLogger(MetricsLogger):
     """What ranks other than 0 log to under DDP: nothing (rank 0 logs the metrics, already reduced over ranks)."""
 
@@ -92,9 +94,11 @@ class SilentLogger(MetricsLogger):
     def close(self) -> None:
         pass
 
+
 def _plain(v: Any) -> Any:
     v = float(v) if hasattr(v, "item") else v
     return None if isinstance(v, float) and not math.isfinite(v) else v  # keep the JSON valid
+
 
 class Reporter:
     """What a person sees while training."""

@@ -18,6 +18,7 @@ from dlcli.engine.run_dir import holder
 
 KEY = "trainer.resume"
 
+
 def find_resume_checkpoint(value: str, outputs: Path = Path("outputs")) -> Path:
     """RUN_DIR -> RUN_DIR/checkpoints/last.pt; a .pt file as is; auto -> the newest unfinished run's last.pt."""
     if value == "auto":
@@ -42,6 +43,7 @@ def find_resume_checkpoint(value: str, outputs: Path = Path("outputs")) -> Path:
                         "next to its checkpoints/); resume continues a run made by dl train")
     return path.resolve()
 
+
 def resume_overrides(overrides: list[str]) -> tuple[list[str], Path | None]:
     """If the overrides ask to resume: (the run's own overrides + the new ones + the checkpoint, its run dir)."""
     asked = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == KEY]
@@ -63,11 +65,13 @@ def resume_overrides(overrides: list[str]) -> tuple[list[str], Path | None]:
         raise UserError(f"trainer.resume: the path {ckpt} has a quote in it; move the run dir")
     return [*merged.values(), f"{KEY}='{ckpt}'"], run_dir  # quoted: Hydra's grammar, any path characters
 
+
 def _status(run_dir: Path) -> str | None:
     try:
         return json.loads((run_dir / "run.json").read_text()).get("status")
     except (OSError, ValueError):
         return None
+
 
 def check_resumable(ckpt_path: Path, cfg: object) -> None:
     """Refuse before anything is written: a finished run that already did all its epochs has nothing to resume.

@@ -15,6 +15,7 @@ from dlcli.engine.distributed import local_device
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
+
 @dataclass
 class Runtime:
     device: torch.device
@@ -28,6 +29,7 @@ class Runtime:
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+
 
 def resolve_device(device_cfg: Any) -> torch.device:
     """device=auto|cpu|cuda|mps (a group config {name, index} or a plain string)."""
@@ -49,6 +51,7 @@ def resolve_device(device_cfg: Any) -> torch.device:
         raise UserError("device=mps: Apple MPS is not available on this machine; use device=cpu or device=auto")
     return torch.device(name)
 
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise UserError(f"trainer.precision={precision}: choose one of: {', '.join(PRECISIONS)}")
@@ -59,12 +62,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
                         "use fp32 or bf16")
     return precision
 
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
-def setup(cfg: Any) -> Runtime:
 
+def setup(cfg: Any) -> Runtime:
     device = local_device(resolve_device(cfg.device))  # under DDP each process has its own GPU
     precision = resolve_precision(cfg.trainer.precision, device)
     seed_everything(int(cfg.trainer.seed))
@@ -76,12 +80,14 @@ def setup(cfg: Any) -> Runtime:
         torch.backends.cudnn.benchmark = not cfg.trainer.get("deterministic", False)
     return Runtime(device=device, precision=precision)
 
+
 def rng_state() -> dict:
     """Every RNG the run uses, in a form torch.load(weights_only=True) accepts."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])

@@ -7,13 +7,15 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+import re
 from typing import Any
 
 import torch
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 from rich.table import Table
 from torch import nn
 
-from dlcli.base.errors import UserError, choices
+from dlcli.base.errors import UserError, choices, missing_key
 from dlcli.models.family import Family
 
 
@@ -34,11 +36,23 @@ def family(name: str) -> Family:
 
 
 def build_model(cfg: Any, meta: dict) -> nn.Module:
-    return family(cfg.name).build(cfg, meta)
+    build = family(cfg.name).build
+    try:
+        return build(cfg, meta)
+    except (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue) as e:  # a user's YAML without a key
+        raise missing_key(e, "model", cfg.name) from None
+    except (MemoryError, RuntimeError) as e:  # sizes far too large: the allocation fails (torch raises RuntimeError)
+        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower():
+            raise
+        asked = re.search(r"allocate (\d+) bytes", str(e))
+        need = f"one of its tensors alone needs {int(asked[1]) / 1e9:,.1f} GB" if asked else "out of memory"
+        raise UserError(f"model={cfg.name}: its weights do not fit in memory with these sizes ({need}); choose "
+                        "smaller ones (dl train --cfg job shows them)") from None
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
 
 def summary_table(model: nn.Module, example: Any, title: str) -> tuple[Any, str]:
     """Keras-style summary: each leaf layer's output shape and parameter count (from one forward pass)."""

@@ -136,8 +136,7 @@ class InPlaceTraining:
         self.group = next(i for i, g in enumerate(optimizer.param_groups)
                           if any(p is model.input.weight for p in g["params"]))
         self.deterministic = deterministic
-        # the optimizer takes no step of its own here; torch's scheduler warns once unless told its steps are in order
-        optimizer._opt_called = True
+        self.optimizer_stepped = False
 
     def batches(self, seed: int) -> Iterator[tuple[Tensor, Tensor, int]]:
         """Chunks of batch_size corpus words in the corpus's order, as the C tool and gensim go (shuffled chunks did
@@ -149,6 +148,11 @@ class InPlaceTraining:
     def step(self, batch: tuple[Tensor, Tensor, int]) -> tuple[Tensor, dict[str, Tensor]]:
         """Trains on one chunk; (mean loss per pair, summed stats) as EmbeddingTask.step returns them."""
         ids, sent, seed = batch
+        if not self.optimizer_stepped:
+            # The optimizer's own step, once, with no gradients (it changes nothing): torch's LR scheduler warns when
+            # it steps before the optimizer ever has, and the op below takes the optimizer's steps from now on.
+            self.optimizer.step()
+            self.optimizer_stepped = True
         m = self.model
         pieces = 1 if self.deterministic else torch.get_num_threads()
         loss, loss_sum, pairs, _kept = self.kernel.train_chunk(

@@ -32,26 +32,16 @@ from omegaconf import OmegaConf
 
 from dlcli.base.console import make_console, metrics_table
 from dlcli.reports.plots import pyplot, save_figure
-from dlcli.reports.runs import read_metrics
+from dlcli.reports.runs import read_metrics, recorded_overrides, run_record, run_summary, sweep_jobs
 
 
-def _read_json(path: Path) -> Any:
+def _read_list(path: Path) -> list | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
+    return data if isinstance(data, list) else None
 
-def _jobs(sweep_dir: Path) -> list[Path]:
-    """Job dirs (<num>_<overrides>) in job order."""
-    dirs = [p.parent for p in sweep_dir.glob("*/run.json") if p.parent.name.split("_", 1)[0].isdigit()]
-    return sorted(dirs, key=lambda d: int(d.name.split("_", 1)[0]))
-
-def _overrides(job: Path) -> dict[str, str]:
-
-    path = job / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return {}
-    return dict(str(o).split("=", 1) for o in OmegaConf.load(path) if "=" in str(o))
 
 def _block(job: Path) -> dict | None:
     """The `experiment:` block of a job's stored config (None when the sweep was not an experiment)."""
@@ -67,14 +57,15 @@ def _block(job: Path) -> dict | None:
     except Exception:  # an interpolation this config cannot resolve: show it as written
         return OmegaConf.to_container(block, resolve=False)
 
+
 def report_sweep(sweep_dir: Path) -> list[Path]:
     """After summarize_sweep: Optuna's best trial, and the experiment's lesson picture + table (if any)."""
     sweep_dir = Path(sweep_dir)
-    jobs = _jobs(sweep_dir)
+    jobs = sweep_jobs(sweep_dir)
     if not jobs:
         return []
     _report_optuna(sweep_dir, jobs)
-    failed = [j.name.split("_", 1)[0] for j in jobs if (_read_json(j / "run.json") or {}).get("status") == "failed"]
+    failed = [j.name.split("_", 1)[0] for j in jobs if run_record(j).get("status") == "failed"]
     if failed:  # a diverged job does not stop a sweep; say so once more at the end
         make_console().print(f"[yellow]{len(failed)} of {len(jobs)} jobs failed[/] (job {', '.join(failed)}; "
                              "each run.json holds its error)")
@@ -83,8 +74,8 @@ def report_sweep(sweep_dir: Path) -> list[Path]:
         return []
     return report_experiment(sweep_dir, jobs, block)
 
-def _report_optuna(sweep_dir: Path, jobs: list[Path]) -> None:
 
+def _report_optuna(sweep_dir: Path, jobs: list[Path]) -> None:
     path = sweep_dir / "optimization_results.yaml"
     if not path.exists():
         return
@@ -93,11 +84,12 @@ def _report_optuna(sweep_dir: Path, jobs: list[Path]) -> None:
         make_console().print(f"optuna: {len(result.get('solutions', []))} Pareto-optimal trials in {path}")
         return
     best = float(result["best_value"])
-    job = next((j for j in jobs if _close((_read_json(j / "summary.json") or {}).get("best", {}).get("value"),
+    job = next((j for j in jobs if _close(run_summary(j).get("best", {}).get("value"),
                                           best)), None)
     params = "  ".join(f"{k}={v}" for k, v in result.get("best_params", {}).items())
     where = f"job {job.name.split('_', 1)[0]} ({job})" if job else "see the table"
     make_console().print(f"optuna best trial: {where}\n  value {best:.6g}  {params}\n  results: {path}")
+
 
 def _close(a: Any, b: float) -> bool:
     return isinstance(a, (int, float)) and math.isclose(float(a), b, rel_tol=1e-9, abs_tol=1e-12)
@@ -107,13 +99,12 @@ class Run:
     """What the report needs of one job: its label, summary, metric rows and gradient-through-time numbers."""
 
     def __init__(self, job: Path, label: str):
-
         self.job = job
         self.label = label
-        self.status = (_read_json(job / "run.json") or {}).get("status", "?")
-        self.summary = _read_json(job / "summary.json") or {}
+        self.status = run_record(job).get("status", "?")
+        self.summary = run_summary(job)
         self.rows = read_metrics(job)
-        self.grad_time = _read_json(job / "plots" / "grad_time.json")
+        self.grad_time = _read_list(job / "plots" / "grad_time.json")
 
     def value(self, name: str) -> float | None:
         """A table/bar value: best, best_epoch, wall_time_s, params, test/x, val/x, train/x, grad_norm/max,
@@ -152,14 +143,16 @@ class Run:
                 out.append((r[x], float(value)))
         return out
 
+
 def _labels(jobs: list[Path], keys: list[str] | None) -> list[str]:
-    over = [_overrides(j) for j in jobs]
+    over = [dict(o.split("=", 1) for o in recorded_overrides(j) if "=" in o) for j in jobs]
     if not keys:  # the overrides that differ between jobs
         keys = [k for k in dict.fromkeys(k for o in over for k in o) if len({o.get(k) for o in over}) > 1]
     if len(keys) == 1:
         return [o.get(keys[0], "(default)") for o in over]
     short = {k: k.lstrip("+").rsplit(".", 1)[-1].rsplit("/", 1)[-1] for k in keys}
     return [", ".join(f"{short[k]}={o.get(k, '-')}" for k in keys) for o in over]
+
 
 def report_experiment(sweep_dir: Path, jobs: list[Path], block: dict) -> list[Path]:
     name = str(block.get("name") or sweep_dir.name)
@@ -206,6 +199,7 @@ def lesson_figure(runs: list[Run], panels: list[dict], path: Path, title: str) -
         ax.axis("off")
     return save_figure(fig, path, title)
 
+
 def _has_data(panel: dict, runs: list[Run]) -> bool:
     kind = panel.get("plot")
     if kind == "curves":
@@ -218,8 +212,10 @@ def _has_data(panel: dict, runs: list[Run]) -> bool:
         return any(r.grad_time for r in runs)
     raise ValueError(f"experiment panel plot={kind}: use curves, bars, by_length or grad_time")
 
+
 def _legend(ax: Any, n: int) -> None:
     ax.legend(fontsize=8 if n <= 6 else 7, ncol=1 if n <= 6 else 2)
+
 
 def _curves(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     from matplotlib.ticker import MaxNLocator  # lazy: matplotlib, only when drawing
@@ -253,6 +249,7 @@ def _curves(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     ax.set_ylabel(panel.get("ylabel", metric))
     _legend(ax, shown)
 
+
 def _bars(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     metric = panel["metric"]
     values = [r.value(metric) for r in runs]
@@ -280,6 +277,7 @@ def _bars(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     ax.set_ylabel(panel.get("ylabel", metric))
     ax.grid(alpha=0.3, axis="y")
 
+
 def _by_length(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     for r in runs:
         by = r.summary.get("exact_by_source_length") or {}
@@ -290,6 +288,7 @@ def _by_length(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     ax.set_ylabel(panel.get("ylabel", "exact match (test)"))
     ax.set_ylim(-0.02, 1.02)
     _legend(ax, len(runs))
+
 
 def _grad_time(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     for r in runs:

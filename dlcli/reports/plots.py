@@ -21,16 +21,17 @@ def pyplot() -> Any:
 
     return plt
 
+
 def save_figure(fig: Any, path: Path, title: str | None = None) -> Path:
     """Title, tight layout, PNG at 110 dpi, figure closed (pyplot keeps every open figure alive)."""
     if title:  # wrapped to the figure's width (a sweep job's dir name lists every override, commas, no spaces)
-
         fig.suptitle(textwrap.fill(title.replace(",", ", "), int(fig.get_figwidth() * 9)))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     pyplot().close(fig)
     return path
+
 
 def learning_curves(rows: list[dict], path: Path, title: str) -> Path:
     """Loss and the task's main metric per epoch, train vs val."""
@@ -54,6 +55,7 @@ def learning_curves(rows: list[dict], path: Path, title: str) -> Path:
         if name == "loss" and all(r.get("loss", 1) > 0 for r in by_split["train"]):
             ax.set_yscale("log")
     return save_figure(fig, path, title)
+
 
 def overlay_curves(series: dict[str, list[dict]], metric: str, path: Path, title: str) -> Path | None:
     """One line per run: `metric` ("split/name", e.g. val/loss) per epoch, from each run's metrics.jsonl rows.
@@ -91,6 +93,7 @@ def overlay_curves(series: dict[str, list[dict]], metric: str, path: Path, title
         ax.legend(fontsize=8)
     return save_figure(fig, path, title)
 
+
 def grad_norm_plot(rows: list[dict], path: Path, title: str) -> Path | None:
     """Per-layer gradient norms (metrics.jsonl rows with split grad_norm) over training steps, log scale, plus
     the global norm they make together (what trainer.clip_grad_norm compares with)."""
@@ -122,6 +125,7 @@ def grad_norm_plot(rows: list[dict], path: Path, title: str) -> Path | None:
         ax.legend(fontsize=8)
     return save_figure(fig, path, title)
 
+
 def confusion_matrix(counts: torch.Tensor, class_names: list[str], path: Path, title: str) -> Path:
     plt = pyplot()
     k = len(class_names)
@@ -145,6 +149,7 @@ def confusion_matrix(counts: torch.Tensor, class_names: list[str], path: Path, t
     ax.set_title(f"{title}  (accuracy {acc:.4f})")
     return save_figure(fig, path)
 
+
 def prediction_scatter(true: torch.Tensor, pred: torch.Tensor, path: Path, title: str) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -157,6 +162,7 @@ def prediction_scatter(true: torch.Tensor, pred: torch.Tensor, path: Path, title
     ax.set_title(title)
     ax.legend()
     return save_figure(fig, path)
+
 
 def image_grid(images: torch.Tensor, titles: list[str], colors: list[str], path: Path, title: str) -> Path:
     """images: (N, C, H, W) already scaled to [0, 1]."""
@@ -173,6 +179,7 @@ def image_grid(images: torch.Tensor, titles: list[str], colors: list[str], path:
         ax.set_title(text, fontsize=8, color=color)
     return save_figure(fig, path, title)
 
+
 @torch.no_grad()
 def predict_split(model: torch.nn.Module, task: Any, split: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(targets, predictions) on the CPU: class indices for classifiers, values for regressors."""
@@ -183,6 +190,7 @@ def predict_split(model: torch.nn.Module, task: Any, split: str, batch_size: int
         ps.append((out.argmax(-1) if task.kind == "classify" else out).cpu())
         ys.append(y.cpu())
     return torch.cat(ys), torch.cat(ps)
+
 
 def grad_through_time(model: torch.nn.Module, task: Any, batch_size: int = 64) -> torch.Tensor | None:
     """||dLoss/d state_t|| per time step t (mean over a val batch) for one-direction recurrent models; the
@@ -221,6 +229,7 @@ def grad_through_time(model: torch.nn.Module, task: Any, batch_size: int = 64) -
         norms.append(torch.cat(grads, -1).float().norm(dim=-1).mean())
     return torch.stack(norms).cpu()
 
+
 def grad_time_plot(norms: torch.Tensor, path: Path, title: str) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -231,6 +240,7 @@ def grad_time_plot(norms: torch.Tensor, path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     return save_figure(fig, path)
+
 
 def plot_run(run_dir: Path, rows: list[dict], task: Any, model: torch.nn.Module, runtime: Any,
              batch_size: int) -> list[Path]:
@@ -263,6 +273,7 @@ def plot_run(run_dir: Path, rows: list[dict], task: Any, model: torch.nn.Module,
         paths.append(prediction_scatter(true, pred, out / "predictions.png", f"test predictions: {name}"))
     return paths
 
+
 def attention_heatmaps(examples: list[tuple[list[str], list[str], torch.Tensor]], path: Path, title: str) -> Path:
     """One heatmap per example (and per head): output tokens down, source tokens across, weight = colour."""
     plt = pyplot()
@@ -287,6 +298,7 @@ def attention_heatmaps(examples: list[tuple[list[str], list[str], torch.Tensor]]
                 ax.set_title(f"head {h + 1}", fontsize=8)
     return save_figure(fig, path, title)
 
+
 def exact_by_length_plot(by_length: dict[str, dict], path: Path, title: str) -> Path:
     plt = pyplot()
     lengths = [int(k) for k in by_length]
@@ -298,6 +310,7 @@ def exact_by_length_plot(by_length: dict[str, dict], path: Path, title: str) -> 
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, path)
+
 
 def seq2seq_plots(run_dir: Path, task: Any, model: torch.nn.Module, out: Path, name: str) -> list[Path]:
     """Exact match by source length (from summary.json) and attention heatmaps for 4 validation examples."""
@@ -316,6 +329,7 @@ def seq2seq_plots(run_dir: Path, task: Any, model: torch.nn.Module, out: Path, n
             examples.append((source, output, attn[i].cpu()))
         paths.append(attention_heatmaps(examples, out / "attention.png", f"attention (val examples): {name}"))
     return paths
+
 
 def pca_plot(vectors: torch.Tensor, vocab: list[str], path: Path, title: str, n: int = 150) -> Path:
     """2-D PCA map of the n most frequent words (the vocabulary is sorted by frequency)."""

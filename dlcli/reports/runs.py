@@ -20,10 +20,45 @@ from dlcli.base.errors import UserError, choices
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object file; {} when missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+NUMBER = (int, float)
+# What dl train writes in run.json / summary.json, by type: a field of another type (a file edited by hand, or
+# written by something else) reads as absent, so a broken file costs its own run's cells, never the listing.
+RUN_FIELDS = {"status": str, "command": str, "started": str, "ended": str, "model": str, "dataset": str,
+              "seed": int, "device": str, "versions": dict, "host": str, "pid": int, "resumed": list, "error": str,
+              "wall_time_s": NUMBER}
+SUMMARY_FIELDS = {"model": str, "dataset": str, "kind": str, "epochs": int, "steps": int, "stopped_by": str,
+                  "best": dict, "final": dict, "test": dict, "params": int, "wall_time_s": NUMBER, "device": str}
+BEST_FIELDS = {"metric": str, "mode": str, "value": NUMBER, "epoch": int}
+
+
+def _typed(data: dict, fields: dict) -> dict:
+    return {k: v for k, v in data.items()
+            if k in fields and isinstance(v, fields[k]) and not isinstance(v, bool)}
+
+
+def run_record(run_dir: Path) -> dict:
+    """run.json, its fields of the right type only (resumed: a list of stamps)."""
+    info = _typed(read_json(run_dir / "run.json"), RUN_FIELDS)
+    if "resumed" in info:
+        info["resumed"] = [r for r in info["resumed"] if isinstance(r, str)]
+    return info
+
+
+def run_summary(run_dir: Path) -> dict:
+    """summary.json, its fields of the right type only (best: metric, mode, value, epoch)."""
+    summary = _typed(read_json(run_dir / "summary.json"), SUMMARY_FIELDS)
+    if "best" in summary:
+        summary["best"] = _typed(summary["best"], BEST_FIELDS)
+    return summary
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """metrics.jsonl rows; a line cut short by a kill is skipped."""
@@ -38,6 +73,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
 
 def recorded_overrides(run_dir: Path) -> list[str]:
     """The task overrides Hydra recorded for a run (.hydra/overrides.yaml)."""
@@ -56,8 +92,10 @@ def recorded_overrides(run_dir: Path) -> list[str]:
 DISPLAY_ONLY = ("hydra.", "trainer.summary=", "trainer.plots=", "logger=", "logger.")
 STATUSES = ("completed", "failed", "interrupted", "running", "died")
 
+
 def key_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.lstrip("+~").startswith(DISPLAY_ONLY)]
+
 
 def _time(stamp: str | None) -> float | None:
     """run.json times ("2026-11-23T18:31:08+0000") as epoch seconds."""
@@ -65,6 +103,7 @@ def _time(stamp: str | None) -> float | None:
         return datetime.strptime(stamp or "", "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except ValueError:
         return None
+
 
 def _process_start(pid: int) -> float | None:
     """When process `pid` started (epoch seconds), from /proc on Linux; None elsewhere."""
@@ -75,6 +114,7 @@ def _process_start(pid: int) -> float | None:
         return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError, StopIteration):
         return None
+
 
 def is_alive(info: dict) -> bool | None:
     """Is the process that wrote this "running" run.json still there? None: cannot tell (another host, or a
@@ -93,18 +133,19 @@ def is_alive(info: dict) -> bool | None:
     since = _time(([info.get("started")] + info.get("resumed", []))[-1])
     return not (began is not None and since is not None and began > since + 2)
 
+
 def monitor_of(run_dir: Path) -> tuple[str | None, str]:
     """(metric, mode) the run monitored: summary.json, else its stored config."""
-    best = read_json(run_dir / "summary.json").get("best", {})
+    best = run_summary(run_dir).get("best", {})
     if best.get("metric"):
         return str(best["metric"]), str(best.get("mode", "min"))
     config = run_dir / ".hydra" / "config.yaml"
     if config.exists():
-
         cfg = OmegaConf.load(config)
         metric = OmegaConf.select(cfg, "trainer.monitor", default=None)
         return (str(metric) if metric else None), str(OmegaConf.select(cfg, "trainer.mode", default="min"))
     return None, "min"
+
 
 def best_so_far(rows: list[dict], metric: str, mode: str) -> tuple[float | None, int | None]:
     """(value, epoch) of the best logged `metric` ("split/name") in metrics.jsonl rows."""
@@ -114,18 +155,19 @@ def best_so_far(rows: list[dict], metric: str, mode: str) -> tuple[float | None,
         return None, None
     return (min if mode == "min" else max)(pts, key=lambda p: p[0])
 
+
 def read_run(run_dir: Path) -> dict[str, Any]:
     """One row describing a run dir (run.json + summary.json + the overrides Hydra recorded). A run without a
     summary (running, interrupted, failed, died) gets its best monitored value so far from metrics.jsonl."""
-    info = read_json(run_dir / "run.json")
-    summary = read_json(run_dir / "summary.json")
+    info, summary = run_record(run_dir), run_summary(run_dir)
     overrides = recorded_overrides(run_dir)
-    status = info.get("status", "?")
+    status = info.get("status") if info.get("status") in STATUSES else "?"
     if status == "running" and is_alive(info) is False:
         status = "died"  # killed (SIGKILL, power loss) with no chance to say so
     metric, mode = monitor_of(run_dir)
     best = summary.get("best", {})
     value, best_epoch, epochs = best.get("value"), best.get("epoch"), summary.get("epochs")
+
     if not summary and metric:
         rows = read_metrics(run_dir)
         value, best_epoch = best_so_far(rows, metric, mode)
@@ -153,6 +195,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     row.update(summary.get("test", {}))
     return row
 
+
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """A sweep's job dirs in job order (<num>_<overrides>)."""
     def num(d: Path) -> int:
@@ -161,6 +204,7 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
 
     return sorted((p.parent for p in Path(sweep_dir).glob("*/run.json") if p.parent.name.split("_")[0].isdigit()),
                   key=num)
+
 
 def _sweep_row(sweep_dir: Path, jobs: list[dict]) -> dict[str, Any]:
     """One row for a whole sweep: status counts, swept values (k=a,b), the best job, first start to last end."""
@@ -188,6 +232,7 @@ def _sweep_row(sweep_dir: Path, jobs: list[dict]) -> dict[str, Any]:
             "best_job": Path(best["run"]).name.split("_", 1)[0] if best else None,
             "duration_s": round(max(ends) - min(starts), 3) if starts and ends else None, "jobs": jobs}
 
+
 def collect(root: Path, model: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
     """Runs and sweeps under root, newest first; a sweep keeps the jobs that pass the filters."""
     if status is not None and status not in STATUSES:
@@ -203,6 +248,7 @@ def collect(root: Path, model: str | None = None, status: str | None = None) -> 
             entries.append(_sweep_row(sweep, jobs))
     return sorted(entries, key=lambda e: (_time(e["started"]) or 0, e["run"]), reverse=True)
 
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -213,8 +259,8 @@ def format_duration(seconds: float | None) -> str:
 
 STYLE = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan", "died": "magenta"}
 
-def _cells(row: dict, name: str) -> list[str]:
 
+def _cells(row: dict, name: str) -> list[str]:
     status = ", ".join(f"[{STYLE.get(s.split()[-1], '')}]{escape(s)}[/]" if s.split()[-1] in STYLE else escape(s)
                        for s in row["status"].split(", "))
     best = f"{row['best_metric']} {fmt(row['best'])}" if row.get("best") is not None else ""
@@ -223,6 +269,7 @@ def _cells(row: dict, name: str) -> list[str]:
     shown = row["overrides"] if row.get("kind") == "sweep" else " ".join(key_overrides(row["overrides"].split()))
     return [row["started"][:19].replace("T", " "), status, escape(row["model"]), escape(row["dataset"]),
             escape(shown), best, format_duration(row.get("duration_s")), escape(name)]
+
 
 def list_runs_cli(root: str, last: int | None = None, as_json: bool = False, model: str | None = None,
                   status: str | None = None, jobs: bool = False) -> None:
@@ -256,6 +303,7 @@ def list_runs_cli(root: str, last: int | None = None, as_json: bool = False, mod
             table.add_row(f"  └ job {num}", *cells[1:])
     console.print(table)
 
+
 def summarize_sweep(sweep_dir: Path) -> Path | None:
     """Write <sweep>/summary.csv (one row per job: overrides + final/best/test metrics) and print it as a table."""
     jobs = sweep_jobs(Path(sweep_dir))
@@ -267,7 +315,7 @@ def summarize_sweep(sweep_dir: Path) -> Path | None:
     keys = [k for k in dict.fromkeys(k for p in parsed for k in p) if len({p.get(k) for p in parsed}) > 1]
     rows = []
     for d, row, over in zip(jobs, runs, parsed):
-        summary = read_json(d / "summary.json")
+        summary = run_summary(d)
         rows.append({"job": d.name.split("_", 1)[0], **{k: over.get(k, "") for k in keys}, "status": row["status"],
                      "best_metric": row["best_metric"], "best": row["best"], "best_epoch":
                      summary.get("best", {}).get("epoch"), **summary.get("final", {}), **summary.get("test", {}),
@@ -288,6 +336,7 @@ def summarize_sweep(sweep_dir: Path) -> Path | None:
     if curves is not None:
         make_console().print(f"curves: {curves}")
     return path
+
 
 def sweep_curves(sweep_dir: Path, jobs: list[Path], differing: list[dict[str, str]]) -> Path | None:
     """<sweep>/curves.png: every job's curve of the monitored metric, labelled by the overrides that differ."""

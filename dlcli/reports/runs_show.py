@@ -18,10 +18,11 @@ from rich.table import Table
 from dlcli.base.console import fmt, make_console
 from dlcli.base.errors import UserError
 from dlcli.config.compose import CONFIG_MODULE
-from dlcli.reports.runs import (DISPLAY_ONLY, STYLE, format_duration, monitor_of, read_json, read_metrics, read_run,
-                                recorded_overrides, sweep_jobs)
+from dlcli.reports.runs import (DISPLAY_ONLY, STYLE, format_duration, monitor_of, read_metrics, read_run,
+                                recorded_overrides, run_record, run_summary, sweep_jobs)
 
 EXPECTED = "a run directory holding run.json ({root}/runs/<run>, {root}/sweeps/<ts>/<job>) or a run's name"
+
 
 def resolve(arg: str, root: Path, sweeps: bool = False) -> list[Path]:
     """RUN as typed -> run dirs: a run dir, a file inside one (a checkpoint), a run name under root/runs/ or a
@@ -53,14 +54,15 @@ def resolve(arg: str, root: Path, sweeps: bool = False) -> list[Path]:
     raise UserError(f"{arg} is not a run directory (no run.json in it); expected {EXPECTED.format(root=root)}"
                     + (", or a sweep directory" if sweeps else ""))
 
+
 def short(run_dir: Path) -> str:
     """A sweep job as <sweep>/<num> (resolve() reads it back), not its long <num>_<overrides> dir name."""
     num = run_dir.name.split("_", 1)[0]
     is_job = num.isdigit() and ((run_dir.parent / "multirun.yaml").exists() or run_dir.parent.parent.name == "sweeps")
     return str(run_dir.parent / num) if is_job else str(run_dir)
 
-def glob_escape(name: str) -> str:
 
+def glob_escape(name: str) -> str:
     return glob.escape(name)
 
 # ------------------------------------------------------------------------------------------------ dl runs show
@@ -73,6 +75,7 @@ def _compose(overrides: list[str]) -> Any:
             return compose("config", overrides=overrides, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
+
 
 def _flat(cfg: Any) -> dict[str, Any]:
     """key.path -> value (lists stay whole); interpolations resolved where they can be."""
@@ -88,6 +91,7 @@ def _flat(cfg: Any) -> dict[str, Any]:
         return {prefix[:-1]: node}
 
     return walk(tree, "")
+
 
 def config_diff(run_dir: Path) -> dict[str, Any]:
     """How the run's config differs from the defaults: the group options it chose instead of the default ones,
@@ -113,10 +117,11 @@ def config_diff(run_dir: Path) -> dict[str, Any]:
     return {"groups": {g: [defaults.get(g), v] for g, v in picked.items() if defaults.get(g) != v},
             "keys": {k: [theirs.get(k, missing), ours.get(k, missing)] for k in keys}}
 
+
 def show_run_cli(arg: str, root: str, as_json: bool = False) -> None:
     run_dir = resolve(arg, Path(root))[0]
     row = read_run(run_dir)
-    info, summary = read_json(run_dir / "run.json"), read_json(run_dir / "summary.json")
+    info, summary = run_record(run_dir), run_summary(run_dir)
     diff = config_diff(run_dir)
     plots = sorted(str(p) for p in (run_dir / "plots").glob("*.png"))
     if as_json:
@@ -130,7 +135,7 @@ def show_run_cli(arg: str, root: str, as_json: bool = False) -> None:
     note = {"died": " (run.json says running, but its process is gone: killed or the machine went down; "
                     f"continue with: dl train trainer.resume={run_dir})",
             "interrupted": f" (continue with: dl train trainer.resume={run_dir})"}.get(status, "")
-    lines = [("run", str(run_dir)), ("status", f"[{STYLE.get(status, '')}]{status}[/]{escape(note)}"),
+    lines = [("run", str(run_dir)), ("status", f"[{STYLE.get(status, 'dim')}]{escape(status)}[/]{escape(note)}"),
              ("command", escape(info.get("command", ""))),
              ("started", f"{info.get('started', '')}  ended {info.get('ended') or '-'}  "
                          f"duration {format_duration(row['duration_s'])}"),
@@ -181,6 +186,7 @@ def _final(rows: list[dict]) -> dict[str, Any]:
         last = [r for r in rows if r.get("split") == split][-1:]
         out.update({f"{split}/{k}": v for r in last for k, v in r.items() if k not in ("step", "epoch", "split")})
     return out
+
 
 def compare_cli(items: list[str], root: str, metric: str | None = None, out: str | None = None,
                 as_json: bool = False) -> Path | None:

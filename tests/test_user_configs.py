@@ -1,0 +1,92 @@
+"""The user's own config dirs: what Hydra composes from --config-dir / hydra.searchpath, dl's checks see too."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import FAST
+from dlcli.commands.hydra_app import split_args, with_config_dirs
+from dlcli.config.compose import compose_jobs
+
+MYDATA = """# my copy of the spirals, with my own sizes
+name: spirals
+kind: classify
+input: vector
+n_samples: 240
+n_classes: 3
+noise: 0.2
+turns: 1.5
+val_fraction: 0.15
+test_fraction: 0.15
+seed: 0
+epochs: 2
+batch_size: 32
+"""
+
+
+def test_a_dataset_from_the_users_config_dir_trains(dl_inproc):
+    conf = dl_inproc.cwd / "myconf" / "dataset"
+    conf.mkdir(parents=True)
+    (conf / "mydata.yaml").write_text(MYDATA)
+    dl_inproc.ok("train", "--config-dir", "myconf", "dataset=mydata", *FAST)
+    run = dl_inproc.last_run()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and sum(int(x) for x in (summary["params"],)) > 0
+    res = dl_inproc("train", "--config-dir", "myconf", "dataset=mydat", *FAST)
+    assert res.returncode == 2 and "dataset=mydat: no such dataset (did you mean mydata?)" in res.stderr
+    (conf / "broken.yaml").write_text(MYDATA.replace("n_classes: 3\n", ""))
+    res = dl_inproc("train", "--config-dir", "myconf", "dataset=broken", *FAST)
+    assert res.returncode == 2 and "the dataset config has no dataset.n_classes" in res.stderr
+    res = dl_inproc("train", f"hydra.searchpath=[file://{dl_inproc.cwd / 'myconf'}]", "dataset=mydata",
+                    "trainer.epochs=1", *FAST)
+    assert res.returncode == 0, res.stderr
+
+
+def test_config_dirs_join_any_searchpath_the_user_gave(tmp_path):
+    flags, overrides = split_args(["--config-dir", str(tmp_path), "hydra.searchpath=[pkg://x.y]", "model=mlp"])
+    merged = with_config_dirs(flags, overrides)
+    assert merged == ["model=mlp", f"hydra.searchpath=[pkg://x.y,'file://{tmp_path.resolve()}']"]
+
+
+def test_a_sweep_over_group_options_by_glob():
+    jobs = compose_jobs(["optimizer=glob(ad*)", "trainer.epochs=1"], multirun=True)
+    assert [c.optimizer.name for c in jobs] == ["adagrad", "adam", "adamw"]
+
+
+def test_dl_ls_lists_every_option_with_its_line_and_what_fits(dl_inproc):
+    from dlcli.config.listing import group_options
+    from dlcli.models import families
+
+    out = dl_inproc.ok("ls").stdout
+    for group, options in group_options().items():
+        assert f"{group}  ({group}=OPTION)" in out
+        assert all(o in out for o in options)
+    model = dl_inproc.ok("ls", "model").stdout
+    assert all(f.about[:30] in " ".join(model.split()) for f in families().values())
+    assert "fashion_mnist, mnist, shapes" in model  # cnn's datasets
+    dataset = dl_inproc.ok("ls", "dataset").stdout
+    assert "seq2seq on pairs" in dataset and "seq2seq, attention, transformer" in dataset
+    assert "Adam with decoupled weight decay" in dl_inproc.ok("ls", "optimizer").stdout
+    res = dl_inproc("ls", "modle")
+    assert res.returncode == 2 and "no such config group (did you mean model?)" in res.stderr
+
+
+def test_dl_cp_copies_a_config_out_that_trains_as_the_users_own(dl_inproc):
+    dl_inproc.ok("cp", "model/lstm")
+    mine = dl_inproc.cwd / "conf" / "model" / "my_lstm.yaml"
+    first = mine.read_text().splitlines()[0]
+    assert first == "# Copied from dl's model/lstm.yaml. Use it with: dl train --config-dir conf model=my_lstm"
+    assert (dl_inproc.cwd / "conf" / "dataset" / "auto" / "my_lstm.yaml").exists()  # its default dataset
+    mine.write_text(mine.read_text().replace("hidden_size: 256", "hidden_size: 24"))
+    dl_inproc.ok("train", "--config-dir", "conf", "model=my_lstm", "dataset.n_sentences=200", "trainer.epochs=1",
+                 *FAST)
+    assert json.loads((dl_inproc.last_run() / "summary.json").read_text())["params"] < 20_000  # the edited width
+    res = dl_inproc("cp", "model/lstm")
+    assert res.returncode == 2 and "exists; add --force" in res.stderr
+    dl_inproc.ok("cp", "model/lstm", "--force")
+    res = dl_inproc("cp", "model/lstm", "elsewhere/lstm.yaml")
+    assert res.returncode == 2 and "has the name of a shipped model" in res.stderr
+    res = dl_inproc("cp", "model/lstn")
+    assert res.returncode == 2 and "no such model (did you mean lstm?)" in res.stderr
+    res = dl_inproc("train", "--config-dir", "conf", "model=my_lstm", "dataset=spirals", *FAST)
+    assert res.returncode == 2 and "model=lstm does not fit dataset=spirals" in res.stderr
