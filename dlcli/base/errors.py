@@ -45,5 +45,5 @@ def exit_with(err: UserError) -> None:
 def missing_key(e: Exception, group: str, name: str) -> UserError:
     """OmegaConf's 'Missing key x' while building from a user's YAML: one line naming the key and the file."""
     key = getattr(e, "full_key", None) or str(e).splitlines()[0]
-    return UserError(f"{group}.name={name}: the {group} config has no {key} (or leaves it ???), which {name} needs; "
-                     f"add it to the YAML (the shipped one's keys: dl train {group}={name} --cfg job)")
+    return UserError(f"{group}.name={name}: the {group} config has no {key} (or leaves it ???), which {name} needs "
+                     f"(the keys {name} takes: dl train {group}={name} --cfg job)")

@@ -63,8 +63,8 @@ def restore(path: str | Path, overrides: list[str]) -> Restored:
     runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device))
     try:
         model = build_model(cfg.model, ckpt["meta"])
-    except (OmegaConfBaseException, KeyError, TypeError, ValueError) as e:  # a stored config edited by hand
-        raise UserError(f"{p}: its stored config does not build a {cfg.model.name} ({str(e).splitlines()[0][:100]});"
+    except (UserError, OmegaConfBaseException, KeyError, TypeError, ValueError) as e:  # a stored config edited
+        raise UserError(f"{p}: its stored config does not build a {cfg.model.name} ({str(e).splitlines()[0][:160]});"
                         " it was changed since dl train wrote it") from None
     try:
         model.load_state_dict(ckpt["model"])
