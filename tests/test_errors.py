@@ -187,6 +187,8 @@ def _write_ckpts(cwd: Path, good: Path) -> None:
         pickle.dump(Evil(), f)
     torch.save({"format": "dlcli.checkpoint", "model": Evil()}, cwd / "evil_torch.pt")
     (cwd / "emptydir").mkdir()
+    (cwd / "loop.pt").symlink_to("loop2.pt")
+    (cwd / "loop2.pt").symlink_to("loop.pt")
     broken = cwd / "brokenrun"  # a run whose last.pt was cut short
     shutil.copytree(good.parent.parent / ".hydra", broken / ".hydra")
     (broken / "checkpoints").mkdir()
@@ -208,6 +210,7 @@ EVAL_CASES = [
     ("malicious-pickle", ["eval", "evil.pt"], "refused to load"),
     ("malicious-torch-save", ["sample", "evil_torch.pt"], "refused to load: it asks to import posix.system"),
     ("dir-without-checkpoints", ["eval", "emptydir"], "without checkpoints/best.pt"),
+    ("symlink-loop", ["eval", "loop.pt"], "loop.pt is a symbolic link that leads to no file"),
     ("unknown-override", ["eval", "GOOD", "trainer.epocs=1"], "has no key 'trainer.epocs'"),
     ("bad-split", ["eval", "GOOD", "--split", "dev"], "--split dev: choose one of: train, val, test"),
     ("eval-cuda", ["eval", "GOOD", "device=cuda"], "CUDA is not available"),

@@ -74,16 +74,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
                                         config_yaml=config_yaml, meta=task.meta), ckpt_dir / f"{which}.pt")
         distributed.barrier()  # no rank leaves (an interrupt) while rank 0 is still writing
 
-    state = LoopState()
-    if t.resume:
-        ckpt = load_checkpoint(t.resume, map_location=runtime.device)
-        load_states(ckpt, model, optimizer, scheduler, t.resume)
-        state = LoopState.from_dict(ckpt["best"])
-        set_rng_state(ckpt["rng"])  # last: building the model above drew from the RNG
-        where = f", {state.batch} batches into epoch {state.epoch + 1}" if state.batch else ""
-        reporter.say(f"resuming from {t.resume} (epoch {state.epoch}, step {state.step}{where})")
-        if not distributed.is_main():  # the epoch's stats so far (summed over ranks) are carried by rank 0
-            state.partial = None
+    state = resume_state(t.resume, model, optimizer, scheduler, runtime, reporter) if t.resume else LoopState()
     distributed.seed_rank(int(t.seed), state.step)
     logger = MetricsLogger(run_dir, tensorboard=bool(cfg.logger.tensorboard),
                            resume_step=state.step if t.resume else None) if distributed.is_main() else SilentLogger()
@@ -291,6 +282,20 @@ def _saved_step(path: Path) -> str:
         return str(load_checkpoint(path)["step"])
     except UserError:
         return "?"
+
+
+def resume_state(where: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 runtime: Any, reporter: Reporter) -> LoopState:
+    """A resume: the checkpoint's model, optimizer, scheduler, RNG and loop state, loaded in that order."""
+    ckpt = load_checkpoint(where, map_location=runtime.device)
+    load_states(ckpt, model, optimizer, scheduler, where)
+    state = LoopState.from_dict(ckpt["best"])
+    set_rng_state(ckpt["rng"])  # last: building the model drew from the RNG
+    done = f", {state.batch} batches into epoch {state.epoch + 1}" if state.batch else ""
+    reporter.say(f"resuming from {where} (epoch {state.epoch}, step {state.step}{done})")
+    if not distributed.is_main():  # the epoch's stats so far (summed over ranks) are carried by rank 0
+        state.partial = None
+    return state
 
 
 def load_states(ckpt: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

@@ -97,6 +97,9 @@ def resolve_path(path: str | Path) -> Path:
         raise UserError(f"{p} is a directory without checkpoints/best.pt or last.pt; give a checkpoint file "
                         "or a run dir under outputs/runs/")
     if not p.is_file():
+        if p.is_symlink():  # a link to nowhere, or a loop of links
+            raise UserError(f"{p} is a symbolic link that leads to no file (broken, or a loop of links); give the "
+                            "checkpoint file itself")
         raise UserError(f"no such checkpoint: {p}")
     return p
 
