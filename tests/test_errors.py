@@ -225,7 +225,7 @@ EVAL_CASES = [
     ("eval-batch-size-0", ["eval", "GOOD", "trainer.eval_batch_size=0"],
      "trainer.eval_batch_size=0: must be an integer >= 1"),
     ("stored-config-not-yaml", ["eval", "badyaml.pt"], "the checkpoint's stored config does not read as YAML"),
-    ("stored-config-other-model", ["eval", "othermodel.pt"], "its stored config does not build a cnn"),
+    ("stored-config-other-model", ["eval", "othermodel.pt"], "othermodel.pt: model.name=cnn: the model config has no model.channels"),
     ("sample-foreign-option", ["sample", "GOOD", "--prompt", "hi"], "--prompt is for language models"),
     ("sample-nan-temperature", ["sample", "LM", "--temperature", "nan"], "--temperature nan: must be a number in"),
     ("sample-huge-generation", ["sample", "LM", "--max-new-tokens", "1000000000"], "must be an integer in [1, 10000]"),

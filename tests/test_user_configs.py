@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import FAST
+
 from dlcli.commands.hydra_app import split_args, with_config_dirs
 from dlcli.config.compose import compose_jobs
 

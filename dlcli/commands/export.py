@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
+from dlcli.base.targets import model_name
 from dlcli.commands.restore import restore
 from dlcli.data.word_vectors import save_word2vec
 
@@ -15,7 +16,7 @@ def export_cli(path: str, overrides: list[str], binary: bool, out: str | None, f
     vectors.txt/.bin is dl's to rewrite; any other existing file only with --force."""
     r = restore(path, overrides)
     if r.ckpt["meta"].get("kind") != "embedding":
-        raise UserError(f"{path}: dl export writes word vectors; this is a {r.cfg.model.name} checkpoint "
+        raise UserError(f"{path}: dl export writes word vectors; this is a {model_name(r.cfg.model)} checkpoint "
                         "(train model=skipgram or model=cbow)")
     default = r.path.parent.parent / ("vectors.bin" if binary else "vectors.txt")
     dest = Path(out).expanduser() if out else default

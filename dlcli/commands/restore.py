@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dlcli.base.errors import UserError
+from dlcli.base.targets import model_name
 from dlcli.base.task import Task
 from dlcli.config.schema import check_schema
 from dlcli.data import build_task
@@ -63,13 +64,15 @@ def restore(path: str | Path, overrides: list[str]) -> Restored:
     runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device))
     try:
         model = build_model(cfg.model, ckpt["meta"])
-    except (UserError, OmegaConfBaseException, KeyError, TypeError, ValueError) as e:  # a stored config edited
-        raise UserError(f"{p}: its stored config does not build a {cfg.model.name} ({str(e).splitlines()[0][:160]});"
+    except UserError as e:  # the model's own line (a _target_ that does not import from here, a key missing...)
+        raise UserError(f"{p}: {e}") from None
+    except (OmegaConfBaseException, KeyError, TypeError, ValueError) as e:  # a stored config edited by hand
+        raise UserError(f"{p}: its stored config does not build a {model_name(cfg.model)} ({str(e).splitlines()[0][:160]});"
                         " it was changed since dl train wrote it") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise UserError(f"{p}: the weights do not fit a {cfg.model.name} built from its own config "
+        raise UserError(f"{p}: the weights do not fit a {model_name(cfg.model)} built from its own config "
                         f"({str(e).splitlines()[0][:100]})") from None
     return Restored(p, ckpt, cfg, model.to(device).eval(), runtime)
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
+from dlcli.base.targets import model_name
 from dlcli.commands.restore import restore, test_examples
 from dlcli.commands.sample_embeddings import sample_embeddings
 from dlcli.commands.sample_options import check_ranges, options_for
@@ -54,7 +55,7 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
     if kind == "classify":
         probs = out_t.softmax(-1).cpu()
         names = meta["class_names"]
-        table = Table(title=f"{r.cfg.model.name} on {r.cfg.dataset.name}: predictions", title_justify="left")
+        table = Table(title=f"{model_name(r.cfg.model)} on {r.cfg.dataset.name}: predictions", title_justify="left")
         for col in ("input", *(["true"] if true is not None else []), "predicted", "probability", "runner-up"):
             table.add_column(col)
         for i, p in enumerate(probs):
@@ -75,7 +76,7 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
     else:
         pred = out_t * torch.tensor(meta.get("target_std", [1.0])) .to(out_t) + torch.tensor(
             meta.get("target_mean", [0.0])).to(out_t)
-        table = Table(title=f"{r.cfg.model.name} on {r.cfg.dataset.name}: predictions", title_justify="left")
+        table = Table(title=f"{model_name(r.cfg.model)} on {r.cfg.dataset.name}: predictions", title_justify="left")
         for col in ("input", *(["true"] if true is not None else []), "predicted"):
             table.add_column(col)
         for i in range(len(pred)):
@@ -133,7 +134,7 @@ def _show_tagging(r: Any, num: int, seed: int) -> None:
     with torch.no_grad():
         pred = r.model(x).argmax(-1)
     vocab, names = r.ckpt["meta"]["vocab"], r.ckpt["meta"]["class_names"]
-    table = Table(title=f"{r.cfg.model.name} on {r.cfg.dataset.name}: test sequences", title_justify="left")
+    table = Table(title=f"{model_name(r.cfg.model)} on {r.cfg.dataset.name}: test sequences", title_justify="left")
     for col in ("input", "target", "predicted"):
         table.add_column(col)
     right = 0

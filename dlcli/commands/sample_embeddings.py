@@ -7,6 +7,7 @@ from torch import Tensor
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
+from dlcli.base.targets import model_name
 from dlcli.commands.restore import Restored
 from dlcli.data.word_vectors import neighbours, unit_rows
 
@@ -34,7 +35,7 @@ def sample_embeddings(r: Restored, word: str | None, analogy: str | None, topn: 
                             f"{', '.join(vocab[:8])})")
         queries.append((w, unit[index[w]], [index[w]]))
     for label, q, exclude in queries:
-        table = Table(title=f"{r.cfg.model.name}: nearest to {label}", title_justify="left")
+        table = Table(title=f"{model_name(r.cfg.model)}: nearest to {label}", title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("word")
         table.add_column("cosine", justify="right")

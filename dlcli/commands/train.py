@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlcli import __version__
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError, exit_with, report
+from dlcli.base.targets import model_name
 from dlcli.config.check import check_config, check_monitor
 from dlcli.data import build_task
 from dlcli.engine import distributed
@@ -50,7 +51,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     reporter.say(f"data: {cfg.dataset.name} ({task.kind}) train {task.size('train')} / val {task.size('val')} / "
                  f"test {task.size('test')} examples on {runtime.device}, precision {runtime.precision}")
     if t.summary:
-        reporter.table(*summary_table(model, task.example_input(), f"model: {cfg.model.name}"))
+        reporter.table(*summary_table(model, task.example_input(), f"model: {model_name(cfg.model)}"))
     train_model = torch.compile(model) if t.compile else model
     optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
     # word2vec on the CPU trains itself, pair by pair, in steps of its own size (dlcli/models/word2vec.py)
@@ -104,7 +105,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     final = {f"{r['split']}/{k}": v for split in ("train", "val") for r in logger.epochs(split)[-1:]
              for k, v in r.items() if k not in ("step", "epoch", "split")}
     summary = {
-        "model": cfg.model.name, "dataset": cfg.dataset.name, "kind": task.kind,
+        "model": model_name(cfg.model), "dataset": cfg.dataset.name, "kind": task.kind,
         "epochs": state.epoch, "steps": state.step, "stopped_by": stopped_by,
         "best": {"metric": str(t.monitor), "mode": str(t.mode), "value": state.best_value,
                  "epoch": state.best_epoch},
@@ -143,7 +144,7 @@ class RunRecord:
             "command": " ".join(["dl", "train", *_task_overrides()]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "ended": None,
-            "model": cfg.model.name,
+            "model": model_name(cfg.model),
             "dataset": cfg.dataset.name,
             "seed": int(cfg.trainer.seed),
             "device": str(cfg.device.get("name", "auto")),

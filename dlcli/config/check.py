@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dlcli.base.errors import UserError
+from dlcli.base.targets import is_user_model
 from dlcli.config.schema import check_schema
 from dlcli.data import check_dataset_config
 from dlcli.engine import distributed
@@ -24,7 +25,8 @@ MODES = ("min", "max")
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before any data is read; raises UserError."""
     check_dataset_config(cfg.dataset)
-    check_fit(cfg.model.name, cfg.dataset)
+    if not is_user_model(cfg.model):  # a model of the user's own: its output is checked once built (check_output)
+        check_fit(cfg.model.name, cfg.dataset)
     check_schema(cfg)  # types and ranges of the values users set (schema.py), every number finite
     check_optimizer(cfg.optimizer)
     check_scheduler(cfg.scheduler)
@@ -45,6 +47,8 @@ def check_monitor(cfg: DictConfig, task: Any, model: torch.nn.Module) -> None:
     model.eval()
     with torch.no_grad():
         batch = next(task.batches("val", 2))
+        if is_user_model(cfg.model):
+            check_output(cfg.model, task, model, batch)
         names = [*task.summarize(task.step(model, batch)[1]), *task.eval_metric_names]
     model.train()
     if name not in names:
@@ -73,3 +77,32 @@ def check_fit(model_name: str, dataset_cfg: Any) -> None:
     if pair not in fits:
         raise UserError(f"model={model_name} does not fit dataset={dataset_cfg.name} (a {pair[0]} task on "
                         f"{pair[1]} inputs); datasets for {model_name}: {', '.join(datasets_for(model_name))}")
+
+
+def expected_output(task: Any, x: torch.Tensor) -> tuple[tuple[int, ...], str]:
+    """The output shape a model must give for inputs x on this task, and the contract in words."""
+    meta, n = task.meta, len(x)
+    if task.kind == "classify":
+        return (n, int(meta["num_classes"])), "inputs -> logits (N, num_classes)"
+    if task.kind == "regress":
+        return (n, int(meta["output_size"])), "inputs -> predictions (N, output_size)"
+    if task.kind == "tag":
+        return (n, x.shape[1], int(meta["num_classes"])), "ids (N, T) -> logits (N, T, num_classes)"
+    return (n, x.shape[1], int(meta["vocab_size"])), "ids (N, T) -> next-token logits (N, T, vocab_size)"
+
+
+def check_output(model_cfg: Any, task: Any, model: torch.nn.Module, batch: tuple) -> None:
+    """A model of the user's own meets the task kind's forward contract (one line if it does not)."""
+    target = model_cfg._target_
+    x = batch[0]
+    want, contract = expected_output(task, x)
+    try:
+        out = model(x)
+    except Exception as e:
+        raise UserError(f"model._target_={target}: its forward failed on a batch of this {task.kind} task "
+                        f"(input {tuple(x.shape)} {x.dtype}): {type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:160]}; the contract: {contract}") from None
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != want:
+        raise UserError(f"model._target_={target}: for input {tuple(x.shape)} it returned {got}, this {task.kind} "
+                        f"task needs {want} ({contract})")

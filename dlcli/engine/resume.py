@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dlcli.base.errors import UserError
+from dlcli.base.targets import model_name
 from dlcli.engine.run_dir import holder
 
 KEY = "trainer.resume"
@@ -55,7 +56,7 @@ def resume_overrides(overrides: list[str]) -> tuple[list[str], Path | None]:
     ckpt = find_resume_checkpoint(value)
     run_dir = ckpt.parent.parent
 
-    recorded = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    recorded = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")] + user_config_dirs(run_dir)
     merged: dict[str, str] = {}
     for o in recorded + [o for o in overrides if o not in asked]:
         key = o.split("=", 1)[0].lstrip("+~")
@@ -64,6 +65,18 @@ def resume_overrides(overrides: list[str]) -> tuple[list[str], Path | None]:
     if "'" in str(ckpt):
         raise UserError(f"trainer.resume: the path {ckpt} has a quote in it; move the run dir")
     return [*merged.values(), f"{KEY}='{ckpt}'"], run_dir  # quoted: Hydra's grammar, any path characters
+
+
+def user_config_dirs(run_dir: Path) -> list[str]:
+    """The config folders the run was trained with beyond dl's own (--config-dir, hydra.searchpath), as one
+    hydra.searchpath override: a resume finds the user's model and data YAMLs without being told again."""
+    try:
+        sources = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.config_sources
+    except Exception:  # an older or edited record: the user passes --config-dir again
+        return []
+    paths = [f"'{s.schema}://{s.path}'" for s in sources
+             if s.provider not in ("hydra", "main", "schema") and s.schema in ("file", "pkg") and s.path]
+    return [f"hydra.searchpath=[{','.join(dict.fromkeys(paths))}]"] if paths else []
 
 
 def _status(run_dir: Path) -> str | None:
@@ -90,7 +103,9 @@ def check_resumable(ckpt_path: Path, cfg: object) -> None:
                         f"trainer.epochs={want}; to train longer add trainer.epochs={done + 10} (say)")
     stored = OmegaConf.create(ckpt["config"])
     for group in ("model", "dataset", "optimizer", "scheduler"):  # what the saved state belongs to
-        was, now = OmegaConf.select(stored, f"{group}.name"), cfg[group].name  # type: ignore[index]
+        was, now = OmegaConf.select(stored, f"{group}.name"), cfg[group].get("name")  # type: ignore[index]
+        if group == "model":  # a model of the user's own goes by its _target_'s name
+            was, now = model_name(stored.model), model_name(cfg.model)  # type: ignore[attr-defined]
         if was != now:
             raise UserError(f"trainer.resume: {run_dir.name} was trained with {group}={was}; it cannot go on with "
                             f"{group}={now} (drop {group}={now}, or start a new run; nothing was changed)")

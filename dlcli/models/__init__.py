@@ -16,7 +16,9 @@ from rich.table import Table
 from torch import nn
 
 from dlcli.base.errors import UserError, choices, missing_key
+from dlcli.base.targets import is_user_model
 from dlcli.models.family import Family
+from dlcli.models.user import build_user_model
 
 
 @functools.cache
@@ -36,7 +38,7 @@ def family(name: str) -> Family:
 
 
 def build_model(cfg: Any, meta: dict) -> nn.Module:
-    build = family(cfg.name).build
+    build = build_user_model if is_user_model(cfg) else family(cfg.name).build
     try:
         return build(cfg, meta)
     except (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue) as e:  # a user's YAML without a key
