@@ -1,5 +1,5 @@
-"""A model of the user's own, named by `_target_` in a model YAML of their config dir, trained, evaluated from
-another directory, sampled and resumed through the CLI; and every way such a model can be wrong, in one line."""
+"""A model and data of the user's own, named by `_target_` in YAMLs of their config dir, trained, evaluated from
+another directory, sampled and resumed through the CLI; and every way such code can be wrong, in one line."""
 
 from __future__ import annotations
 
@@ -47,6 +47,57 @@ class Needs(nn.Module):
         super().__init__()
 '''
 SPIRALS = ["dataset=spirals", "dataset.n_samples=300"]
+MYDATA = '''
+import numpy as np
+import torch
+
+
+def load(n: int = 600, seed: int = 0):
+    """Three Gaussian blobs in 2-D; only a train split: dl cuts val and test from it."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0, 0], [3, 0], [0, 3]], dtype=np.float32)
+    y = rng.integers(0, 3, n)
+    x = centers[y] + rng.normal(0, 0.8, (n, 2)).astype(np.float32)
+    return {"train": (x, y)}
+
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.x = torch.linspace(-1, 1, n)[:, None]
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], 2 * self.x[i, 0] + 0.5
+
+
+def regression(n: int = 200):
+    """All three splits given, as map-style Datasets; float targets: a regression."""
+    return {"train": Pairs(n), "val": Pairs(n // 4), "test": Pairs(n // 4)}
+
+
+def bad_lengths(n: int = 10):
+    return {"train": (np.zeros((n, 2)), np.zeros(n - 1, dtype=int))}
+
+
+def with_nan(n: int = 50):
+    x = np.zeros((n, 2))
+    x[7, 1] = np.nan
+    return {"train": (x, np.arange(n) % 2)}
+
+
+def not_a_dict():
+    return [1, 2]
+
+
+def empty_val():
+    return {"train": (np.zeros((20, 2)), np.arange(20) % 2), "val": (np.zeros((0, 2)), np.zeros(0, dtype=int))}
+
+
+def fails(n: int = 3):
+    raise ValueError("no such file: blobs.csv")
+'''
 
 
 @pytest.fixture
@@ -59,6 +110,13 @@ def project(tmp_path: Path) -> CLI:
                          "notamodule": "mynets.make_list", "wrongshape": "mynets.WrongOut",
                          "unfilled": "mynets.Needs"}.items():
         (models / f"{name}.yaml").write_text(f"_target_: {target}\n" + ("width: -3\n" if name == "raises" else ""))
+    (tmp_path / "mydata.py").write_text(MYDATA)
+    data = tmp_path / "conf" / "dataset"
+    data.mkdir()
+    (data / "blobs.yaml").write_text("_target_: mydata.load\nkind: classify\nn: 600\n")
+    (data / "ramp.yaml").write_text("_target_: mydata.regression\nname: ramp\nepochs: 3\n")
+    for name in ("bad_lengths", "with_nan", "not_a_dict", "empty_val", "fails"):
+        (data / f"{name}.yaml").write_text(f"_target_: mydata.{name}\n")
     return CLI(tmp_path)
 
 
@@ -106,23 +164,58 @@ def test_the_readme_example_runs_exactly_as_written(tmp_path):
     import re
     import shlex
 
-    section = readme_section("Your own model")
+    section = readme_section("Your own model and data")
     blocks = re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
     files = [(body.splitlines()[0][2:].strip(), body) for lang, body in blocks if lang in ("python", "yaml")]
-    assert [f for f, _ in files] == ["mynets.py", "conf/model/poolnet.yaml"]
+    assert [f for f, _ in files] == ["mynets.py", "conf/model/poolnet.yaml", "mydata.py", "conf/dataset/blobs.yaml"]
     for name, body in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(body)
     dl = CLI(tmp_path)
     commands = [ln.split("#")[0].strip() for lang, body in blocks if lang == "bash" for ln in body.splitlines()]
-    assert len(commands) == 4
+    assert len(commands) == 6
     for command in commands:
         args = shlex.split(command)
         assert args[0] == "dl"
-        runs = dl.runs()
+        runs = dl.runs()  # <run>: the first run made
         args = [a.replace("outputs/runs/<run>", str(runs[0]) if runs else "") for a in args[1:]]
         dl.ok(*args, *FAST if args[0] == "train" and "trainer.resume" not in " ".join(args) else ())
     run = dl.runs()[0]
     assert json.loads((run / "summary.json").read_text())["epochs"] == 10  # the resume trained it on
+    assert [json.loads((r / "summary.json").read_text())["dataset"] for r in dl.runs()[1:]] == ["load", "load"]
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
     assert len([d for d in sweep.iterdir() if (d / "summary.json").exists()]) == 2  # model.width=4,16
+
+
+def test_user_data_with_built_in_and_user_models_evaluated_from_elsewhere(project, tmp_path_factory):
+    project.ok("train", "--config-dir", "conf", "model=mlp", "dataset=blobs", "trainer.epochs=3", *FAST)
+    run = project.last_run()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["dataset"] == "load" and summary["test"]["test/acc"] > 0.8  # blobs are easy
+    elsewhere = CLI(tmp_path_factory.mktemp("elsewhere"))
+    env = {"PYTHONPATH": os.pathsep.join([str(project.cwd), os.environ.get("PYTHONPATH", "")])}
+    got = json.loads(elsewhere.ok("eval", str(run), "--json", env=env).stdout)
+    assert got["test/acc"] == pytest.approx(summary["test"]["test/acc"])  # the same cut of the same data
+    (project.cwd / "new.csv").write_text("a,b\n0,0\n3,0\n0,3\n")  # the blobs' centres, columns in order
+    assert "row 3" in project.ok("sample", str(run), "--input", "new.csv").stdout
+    project.ok("train", "--config-dir", "conf", "model=poolnet", "dataset=blobs", "trainer.epochs=2", *FAST)
+    project.ok("train", "--config-dir", "conf", "model=mlp", "dataset=ramp", *FAST)  # regression, Datasets
+    ramp = json.loads((project.last_run() / "summary.json").read_text())
+    assert ramp["kind"] == "regress" and ramp["epochs"] == 3 and "test/r2" in ramp["test"]
+    res = project("train", "--config-dir", "conf", "model=cnn", "dataset=blobs", *FAST)
+    assert res.returncode == 2 and "model=cnn does not fit dataset._target_=mydata.load" in res.stderr
+    assert len(project.runs()) == 3
+
+
+@pytest.mark.parametrize("dataset,expected", [
+    ("bad_lengths", "its train split has 10 inputs but 9 targets"),
+    ("with_nan", "its train inputs hold NaN or inf (row 7)"),
+    ("not_a_dict", "it returned list; return a dict"),
+    ("empty_val", "its val split is empty"),
+    ("fails", "calling it failed: ValueError: no such file: blobs.csv"),
+])
+def test_user_data_that_cannot_work_is_one_line(project, dataset, expected):
+    res = project("train", "--config-dir", "conf", "model=mlp", f"dataset={dataset}", *FAST)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and expected in lines[0], res.stderr
+    assert not (project.cwd / "outputs").exists() or not list((project.cwd / "outputs").glob("*/*"))

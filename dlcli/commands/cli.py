@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -305,7 +306,13 @@ def runs_compare(
 
 
 def main() -> None:
-    app(prog_name="dl")
+    try:
+        app(prog_name="dl")
+    finally:
+        # The process is ending: a late Ctrl-C (a second one just after the first) must not break into Python's exit,
+        # where torch's atexit hooks would print a KeyboardInterrupt traceback after dl's own last line.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from dlcli.base.errors import UserError
 from dlcli.base.overrides import hydra_path, unquote
-from dlcli.base.targets import model_name
+from dlcli.base.targets import dataset_name, model_name
 from dlcli.config.compose import compose_jobs
 from dlcli.engine.run_dir import LOCK, STAGE, acquire, discard_staged, release, stage
 
@@ -149,7 +149,7 @@ def _one_run_dir(overrides: list[str], resume_dir: Path | None, cfg: DictConfig)
     run_dir = None
     if distributed.is_main():
         run_dir = resume_dir or _user_dir(overrides, "hydra.run.dir") or fresh_dir(
-            Path("outputs/runs"), f"_{model_name(cfg.model)}_{cfg.dataset.name}")
+            Path("outputs/runs"), f"_{model_name(cfg.model)}_{dataset_name(cfg.dataset)}")
     else:
         overrides[:] = [o for o in overrides if not o.startswith("hydra.run.dir=")]
     return Path(distributed.broadcast_text(str(run_dir) if run_dir else None))

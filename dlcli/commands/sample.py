@@ -10,7 +10,7 @@ from rich.table import Table
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
-from dlcli.base.targets import model_name
+from dlcli.base.targets import dataset_name, model_name
 from dlcli.commands.restore import restore, test_examples
 from dlcli.commands.sample_embeddings import sample_embeddings
 from dlcli.commands.sample_options import check_ranges, options_for
@@ -55,7 +55,7 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
     if kind == "classify":
         probs = out_t.softmax(-1).cpu()
         names = meta["class_names"]
-        table = Table(title=f"{model_name(r.cfg.model)} on {r.cfg.dataset.name}: predictions", title_justify="left")
+        table = Table(title=f"{model_name(r.cfg.model)} on {dataset_name(r.cfg.dataset)}: predictions", title_justify="left")
         for col in ("input", *(["true"] if true is not None else []), "predicted", "probability", "runner-up"):
             table.add_column(col)
         for i, p in enumerate(probs):
@@ -76,7 +76,7 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
     else:
         pred = out_t * torch.tensor(meta.get("target_std", [1.0])) .to(out_t) + torch.tensor(
             meta.get("target_mean", [0.0])).to(out_t)
-        table = Table(title=f"{model_name(r.cfg.model)} on {r.cfg.dataset.name}: predictions", title_justify="left")
+        table = Table(title=f"{model_name(r.cfg.model)} on {dataset_name(r.cfg.dataset)}: predictions", title_justify="left")
         for col in ("input", *(["true"] if true is not None else []), "predicted"):
             table.add_column(col)
         for i in range(len(pred)):
@@ -98,7 +98,11 @@ def _user_inputs(input_path: str, meta: dict) -> tuple[torch.Tensor, list[str]]:
             f"row {i + 1}" for i in range(len(rows))]
 
     header, rows = read_csv(input_path, what="--input")
-    want = meta.get("features", [])
+    want = meta.get("features") or header  # data from a function of the user's: the columns in order
+    size = int(meta["input_shape"][0])
+    if len(want) != size:
+        raise UserError(f"--input {input_path}: {len(want)} column(s) ({', '.join(want)}); this model takes {size} "
+                        "input features, in the order it was trained on")
     missing = [f for f in want if f not in header]
     if missing:
         raise UserError(f"--input {input_path}: needs the column(s) {', '.join(want)}; missing {', '.join(missing)}")
@@ -134,7 +138,7 @@ def _show_tagging(r: Any, num: int, seed: int) -> None:
     with torch.no_grad():
         pred = r.model(x).argmax(-1)
     vocab, names = r.ckpt["meta"]["vocab"], r.ckpt["meta"]["class_names"]
-    table = Table(title=f"{model_name(r.cfg.model)} on {r.cfg.dataset.name}: test sequences", title_justify="left")
+    table = Table(title=f"{model_name(r.cfg.model)} on {dataset_name(r.cfg.dataset)}: test sequences", title_justify="left")
     for col in ("input", "target", "predicted"):
         table.add_column(col)
     right = 0

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from dlcli import __version__
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError, exit_with, report
-from dlcli.base.targets import model_name
-from dlcli.config.check import check_config, check_monitor
+from dlcli.base.targets import dataset_name, model_name
+from dlcli.config.check import check_config, check_data_fit, check_monitor
 from dlcli.data import build_task
 from dlcli.engine import distributed
 from dlcli.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
@@ -45,10 +45,11 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     t = cfg.trainer
     runtime = setup(cfg)
     task = build_task(cfg.dataset, cfg.loss, runtime.device)
+    check_data_fit(cfg, task)
     model = build_model(cfg.model, task.meta).to(runtime.device)
     params = count_params(model)
     reporter.say(f"run dir: {run_dir}")
-    reporter.say(f"data: {cfg.dataset.name} ({task.kind}) train {task.size('train')} / val {task.size('val')} / "
+    reporter.say(f"data: {dataset_name(cfg.dataset)} ({task.kind}) train {task.size('train')} / val {task.size('val')} / "
                  f"test {task.size('test')} examples on {runtime.device}, precision {runtime.precision}")
     if t.summary:
         reporter.table(*summary_table(model, task.example_input(), f"model: {model_name(cfg.model)}"))
@@ -105,7 +106,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     final = {f"{r['split']}/{k}": v for split in ("train", "val") for r in logger.epochs(split)[-1:]
              for k, v in r.items() if k not in ("step", "epoch", "split")}
     summary = {
-        "model": model_name(cfg.model), "dataset": cfg.dataset.name, "kind": task.kind,
+        "model": model_name(cfg.model), "dataset": dataset_name(cfg.dataset), "kind": task.kind,
         "epochs": state.epoch, "steps": state.step, "stopped_by": stopped_by,
         "best": {"metric": str(t.monitor), "mode": str(t.mode), "value": state.best_value,
                  "epoch": state.best_epoch},
@@ -145,7 +146,7 @@ class RunRecord:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "ended": None,
             "model": model_name(cfg.model),
-            "dataset": cfg.dataset.name,
+            "dataset": dataset_name(cfg.dataset),
             "seed": int(cfg.trainer.seed),
             "device": str(cfg.device.get("name", "auto")),
             "versions": {"dlcli": __version__, "torch": torch.__version__, "python": platform.python_version()},

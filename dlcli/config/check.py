@@ -11,13 +11,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dlcli.base.errors import UserError
-from dlcli.base.targets import is_user_model
+from dlcli.base.targets import is_user_data, is_user_model
 from dlcli.config.schema import check_schema
 from dlcli.data import check_dataset_config
 from dlcli.engine import distributed
 from dlcli.engine.optim import check_optimizer, check_scheduler
 from dlcli.engine.runtime import resolve_device
-from dlcli.models import family
+from dlcli.models import families, family
 
 MODES = ("min", "max")
 
@@ -25,7 +25,7 @@ MODES = ("min", "max")
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before any data is read; raises UserError."""
     check_dataset_config(cfg.dataset)
-    if not is_user_model(cfg.model):  # a model of the user's own: its output is checked once built (check_output)
+    if not is_user_model(cfg.model) and not is_user_data(cfg.dataset):  # those: once built (check_built)
         check_fit(cfg.model.name, cfg.dataset)
     check_schema(cfg)  # types and ranges of the values users set (schema.py), every number finite
     check_optimizer(cfg.optimizer)
@@ -106,3 +106,15 @@ def check_output(model_cfg: Any, task: Any, model: torch.nn.Module, batch: tuple
     if got != want:
         raise UserError(f"model._target_={target}: for input {tuple(x.shape)} it returned {got}, this {task.kind} "
                         f"task needs {want} ({contract})")
+
+
+def check_data_fit(cfg: DictConfig, task: Any) -> None:
+    """A built-in model on the user's own data: the (kind, input) the data turned out to be must be one it fits."""
+    if is_user_model(cfg.model) or not is_user_data(cfg.dataset):
+        return
+    shape = task.meta.get("input_shape") or []
+    pair = (task.kind, {1: "vector", 3: "image"}.get(len(shape), "?"))
+    if pair not in family(cfg.model.name).fits:
+        raise UserError(f"model={cfg.model.name} does not fit dataset._target_={cfg.dataset._target_}: its data is a "
+                        f"{pair[0]} task on {pair[1]} inputs {tuple(shape)}; models for that: "
+                        f"{', '.join(m for m, f in families().items() if pair in f.fits) or 'none built in'}")

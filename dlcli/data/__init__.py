@@ -12,7 +12,9 @@ import torch
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
 from dlcli.base.errors import UserError, choices, missing_key
+from dlcli.base.targets import dataset_name, is_user_data
 from dlcli.base.task import Task
+from dlcli.data.user import user_task
 
 
 @functools.cache
@@ -26,6 +28,8 @@ def builders() -> dict[str, Callable[..., Task]]:
 
 
 def check_dataset_config(cfg: Any) -> None:
+    if is_user_data(cfg):  # the user's own data function (data/user.py): checked when it runs
+        return
     if cfg.name not in builders():
         raise UserError(f"dataset.name={cfg.name}: no such dataset{choices(cfg.name, builders())}")
 
@@ -41,11 +45,11 @@ def build_task(cfg: Any, loss_cfg: Any, device: torch.device, stored_meta: dict 
     if stored_meta and stored_meta.get("kind") == "seq2seq":
         kwargs["stored_meta"] = stored_meta  # the same for both vocabularies
     try:
-        task = builders()[cfg.name](cfg, loss_cfg, **kwargs)
+        task = user_task(cfg, loss_cfg) if is_user_data(cfg) else builders()[cfg.name](cfg, loss_cfg, **kwargs)
     except (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue) as e:  # a user's YAML without a key
-        raise missing_key(e, "dataset", cfg.name) from None
+        raise missing_key(e, "dataset", dataset_name(cfg)) from None
     task.meta["kind"] = task.kind  # models pick their head (many-to-one / many-to-many) from it
     for split in ("train", "val", "test"):
         if task.size(split) == 0:
-            raise UserError(f"dataset={cfg.name}: the {split} split is empty; give it more examples")
+            raise UserError(f"dataset={dataset_name(cfg)}: the {split} split is empty; give it more examples")
     return task.to(device)

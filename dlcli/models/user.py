@@ -10,16 +10,14 @@ for each parameter its signature names (DATA_PARAMETERS). The current directory 
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import sys
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dlcli.base.errors import UserError
+from dlcli.base.targets import import_target
 from dlcli.base.tokens import PAD
 
 # What the data tells a user model, by parameter name (documented in the README: "Your own model and data").
@@ -45,35 +43,13 @@ def data_parameters(meta: dict) -> dict[str, Any]:
     return out
 
 
-def import_target(target: str) -> Any:
-    """`package.module.Name` -> the object; the current directory first on the path, as `python -m` has it."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, _, attr = target.rpartition(".")
-    if not module_name:
-        raise UserError(f"model._target_={target}: name it as module.Callable, e.g. mynets.PoolNet")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise UserError(f"model._target_={target}: cannot import {module_name} ({e}); put {module_name}.py in the "
-                        "directory you run dl from, or on PYTHONPATH") from None
-    except Exception as e:  # the user's module raised while importing
-        raise UserError(f"model._target_={target}: importing {module_name} failed: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    if not hasattr(module, attr):
-        raise UserError(f"model._target_={target}: {module_name} has no {attr}")
-    return getattr(module, attr)
-
-
 def build_user_model(cfg: DictConfig, meta: dict) -> nn.Module:
     target = str(cfg._target_)
     kind = meta.get("kind")
     if kind not in KINDS:
         raise UserError(f"model._target_={target}: a model of your own can learn {', '.join(KINDS)} tasks; this "
                         f"dataset is a {kind} task (use a built-in model for it: dl ls model)")
-    fn = import_target(target)
-    if not callable(fn):
-        raise UserError(f"model._target_={target}: that is a {type(fn).__name__}, not a class or function")
+    fn = import_target(target, "model._target_")
     keys = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in OWN_KEYS}
     try:
         params = inspect.signature(fn).parameters
