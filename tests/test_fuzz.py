@@ -170,3 +170,11 @@ def test_dl_runs_lists_what_it_can_whatever_a_run_json_holds(run, summary):
             assert "Traceback" not in res.stdout + res.stderr, (args, res.stderr[-1500:])
             assert res.returncode in (0, 2), (args, res.returncode, res.stderr[-1500:])
         assert "good" in dl("runs").stdout
+
+
+def test_train_help_prints_every_range():
+    with tempfile.TemporaryDirectory() as tmp:
+        res = InProcessCLI(Path(tmp))("train", "--help")
+    assert res.returncode == 0 and "== Value ranges" in res.stdout
+    for key, rule in SCHEMA.items():
+        assert f"{key} " in res.stdout and rule.describe() in res.stdout

@@ -17,6 +17,7 @@ from dlcli.base.errors import UserError
 from dlcli.base.overrides import hydra_path, unquote
 from dlcli.base.targets import dataset_name, model_name
 from dlcli.config.compose import compose_jobs
+from dlcli.config.schema import ranges_help
 from dlcli.engine.run_dir import LOCK, STAGE, acquire, discard_staged, release, stage
 
 # Hydra flags that take a value (the value follows as the next argument).
@@ -72,7 +73,11 @@ def train_cli(args: list[str]) -> None:
             raise UserError(f"{flag} {value}: no such directory (it should hold your config groups, e.g. "
                             f"{value}/model/mynet.yaml)")
     if any(f in PASSTHROUGH for f in flags):
-        _call_hydra(flags, overrides)
+        try:
+            _call_hydra(flags, overrides)
+        finally:
+            if "--help" in flags or "-h" in flags:  # after Hydra's page (it exits): the ranges dl checks
+                print(ranges_help())
         return
     # lazy (with the imports below): dl train --help / --cfg answer without torch
     from dlcli.engine.resume import resume_overrides

@@ -169,3 +169,11 @@ def _show(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ",".join(_show(v) for v in value) + "]"
     return "null" if value is None else str(value)
+
+
+def ranges_help() -> str:
+    """The schema as `dl train --help` shows it, one key a line."""
+    width = max(map(len, SCHEMA))
+    lines = [f"  {key:<{width}}  {rule.describe()}" for key, rule in sorted(SCHEMA.items())]
+    return ("\n== Value ranges (checked before anything runs; every number must also be finite) ==\n"
+            + "\n".join(lines))
