@@ -161,6 +161,27 @@ def test_second_ctrl_c_during_the_save_stops_at_once(dl, reference, tmp_path):
     assert_same_run(reference, run)
 
 
+def test_a_storm_of_ctrl_c_ends_in_one_clean_exit(dl):
+    """Ctrl-C held down (a signal every 10 ms from the first until the process is gone): exit 130, dl's last line,
+    never a traceback from the exit path (a late signal used to break into the except branch or Python's exit)."""
+    env = {**os.environ, "DL_DATA_DIR": str(DATA_DIR), "PYTHONUNBUFFERED": "1"}
+    env.pop("DL_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "dlcli", "train", "dataset.n_samples=30000", "trainer.epochs=50",
+                             *FAST], cwd=dl.cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    wait_for(dl.cwd / "outputs", proc)
+    time.sleep(4.0)  # well into training (a run of minutes)
+    for _ in range(300):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert "interrupted" in out
+
+
 # SIGKILL (no handler runs): in the middle of writing epoch 2's last.pt (save 4: best, last, best, last), and
 # mid-epoch between two saves. The newest complete checkpoint must load and resume must end exact.
 KILLS = [("in-checkpoint-write", "pause@4"), ("mid-epoch", "80:KILL")]

@@ -222,6 +222,7 @@ def run_job(cfg: DictConfig) -> float | None:
             return float("nan")  # run.json says failed; Optuna counts the trial as failed
         exit_with(e)
     except (KeyboardInterrupt, Interrupted) as e:
+        stop.stopping = True  # more Ctrl-C from here on: ignored, the run is being closed
         if not distributed.is_main():  # every rank stops at the same step; rank 0 tells
             _leave(e)
         record.finish("interrupted")
@@ -237,8 +238,8 @@ def run_job(cfg: DictConfig) -> float | None:
         record.finish("failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, handler in previous.items():  # (after an interrupt: ignore them, the process is ending)
+            signal.signal(signum, signal.SIG_IGN if stop.stopping else handler)
     record.finish("completed", device=summary["device"], wall_time_s=summary["wall_time_s"])
     value = summary["best"]["value"]
     return float(value) if value is not None else None

@@ -63,14 +63,19 @@ class Interrupted(BaseException):
 class StopRequest:
     """The SIGINT/SIGTERM handler. Inside the loop (armed) it only takes note: the loop finishes the current
     step, saves last.pt and raises Interrupted. A second signal, or one outside the loop, raises at once; checkpoint
-    writes are atomic, so that never leaves a broken file."""
+    writes are atomic, so that never leaves a broken file. Once Interrupted is on its way, further signals are
+    ignored: the way out (run.json, the last line, Python's exit) must not be broken into (a traceback)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.armed = False
+        self.stopping = False
 
     def __call__(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            return
         if self.signum is not None or not self.armed:
+            self.stopping = True
             raise Interrupted(signum)
         self.signum = signum
         if distributed.is_main():  # every rank gets the signal; one says so
@@ -288,6 +293,7 @@ class _Loop:
             state.partial = {k: v.detach().cpu() for k, v in distributed.sum_stats(self.total).items()}
             state.elapsed = time.perf_counter() - self.start
             self.checkpoint("last")
+            self.stop.stopping = True
             raise Interrupted(signum)
         return out_of_time
 
@@ -327,6 +333,7 @@ class _Loop:
         t.reporter.epoch_line(epoch, self.epochs, parts, seconds, note)
         signum = distributed.agree(self.stop.signum)[0]
         if signum is not None:  # the signal came during the epoch's evaluation or saving
+            self.stop.stopping = True
             raise Interrupted(signum)
         if stop_reason:
             t.reporter.say({"max_time": f"stopping: trainer.max_time={tcfg.max_time}s reached",
