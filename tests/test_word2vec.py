@@ -470,3 +470,16 @@ def test_without_a_compiler_batched_gradients_train_and_say_so(monkeypatch, caps
     assert in_place_for([]) is None
     err = capsys.readouterr().err
     assert "could not be built (RuntimeError: Ninja is required" in err and "batched tensor ops" in err
+
+
+def test_a_split_subsampling_empties_reports_nan_never_a_best_loss_of_0(dl, tmp_path):
+    """Two stop words only: subsampling leaves val/test (nearly) no pair. Their loss is undefined (nan), so it is
+    never taken as the best; a train split left with nothing is refused before anything runs."""
+    (tmp_path / "stop.txt").write_text("\n".join(["the of the of the of the of the of the of"] * 300) + "\n")
+    dl.ok("train", "model=cbow", "dataset=corpus", f"dataset.path={tmp_path / 'stop.txt'}", "dataset.sample=0.01",
+          "trainer.epochs=1", *FAST)
+    rows = [r for r in read_jsonl(dl.last_run() / "metrics.jsonl") if r["split"] in ("val", "test")]
+    assert rows and all(r["loss"] is None or r["loss"] != 0 for r in rows), rows  # nan is written as null
+    res = dl("train", "model=cbow", "dataset=corpus", f"dataset.path={tmp_path / 'stop.txt'}",
+             "dataset.sample=0.00001", "trainer.epochs=1", *FAST)
+    assert res.returncode == 2 and "its train split keeps ~" in res.stderr and "nothing to train on" in res.stderr

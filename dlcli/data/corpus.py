@@ -26,7 +26,7 @@ from dlcli.data.download import download_zip_member, sha256_of
 from dlcli.data.word_vectors import evaluate_embeddings, finish_run, read_analogies, read_similarity, save_word2vec
 from dlcli.models.word2vec import InPlaceTraining, cpu_kernel
 
-MIN_KEPT_WORDS = 2  # a train split expected to keep fewer after subsampling scores no pair at all: refused
+MIN_KEPT_WORDS = 100  # a train split expected to keep fewer words after subsampling has (next to) no pair: refused
 MAX_SENTENCE = 10_000  # gensim truncates longer sentences; we cut them into pieces of this size
 TEXT8 = {"url": "http://mattmahoney.net/dc/text8.zip", "member": "text8",
          # sha256 of the unzipped 100,000,000-byte file (the archive's bytes are not what we train on)
