@@ -97,6 +97,10 @@ def empty_val():
 
 def fails(n: int = 3):
     raise ValueError("no such file: blobs.csv")
+
+
+def strings():
+    return {"train": (np.array([["a", "b"]] * 20), np.arange(20) % 2)}
 '''
 
 
@@ -115,7 +119,7 @@ def project(tmp_path: Path) -> CLI:
     data.mkdir()
     (data / "blobs.yaml").write_text("_target_: mydata.load\nkind: classify\nn: 600\n")
     (data / "ramp.yaml").write_text("_target_: mydata.regression\nname: ramp\nepochs: 3\n")
-    for name in ("bad_lengths", "with_nan", "not_a_dict", "empty_val", "fails"):
+    for name in ("bad_lengths", "with_nan", "not_a_dict", "empty_val", "fails", "strings"):
         (data / f"{name}.yaml").write_text(f"_target_: mydata.{name}\n")
     return CLI(tmp_path)
 
@@ -213,9 +217,33 @@ def test_user_data_with_built_in_and_user_models_evaluated_from_elsewhere(projec
     ("not_a_dict", "it returned list; return a dict"),
     ("empty_val", "its val split is empty"),
     ("fails", "calling it failed: ValueError: no such file: blobs.csv"),
+    ("strings", "its train split holds ndarray values that are not numbers"),
 ])
 def test_user_data_that_cannot_work_is_one_line(project, dataset, expected):
     res = project("train", "--config-dir", "conf", "model=mlp", f"dataset={dataset}", *FAST)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1 and expected in lines[0], res.stderr
     assert not (project.cwd / "outputs").exists() or not list((project.cwd / "outputs").glob("*/*"))
+
+
+def test_a_user_model_on_user_data_interrupted_then_resumed_ends_as_if_never_stopped(project, tmp_path_factory):
+    """Ctrl-C mid-epoch (the tests' DL_TEST_SIGNAL_AT_STEP hook), then trainer.resume: the same final weights and test
+    metrics as an uninterrupted run, bit for bit on the CPU."""
+    import shutil
+
+    import torch
+
+    args = ["--config-dir", "conf", "model=poolnet", "dataset=blobs", "trainer.epochs=3", *FAST]
+    twin = CLI(tmp_path_factory.mktemp("twin"))
+    for f in ("mynets.py", "mydata.py"):
+        shutil.copy(project.cwd / f, twin.cwd / f)
+    shutil.copytree(project.cwd / "conf", twin.cwd / "conf")
+    twin.ok("train", *args, env={"OMP_NUM_THREADS": "1"})
+    res = project("train", *args, env={"OMP_NUM_THREADS": "1", "DL_TEST_SIGNAL_AT_STEP": "11"})
+    assert res.returncode == 130, res.stderr
+    run = project.last_run()
+    project.ok("train", f"trainer.resume={run}", env={"OMP_NUM_THREADS": "1"})
+    a, b = (json.loads((r / "summary.json").read_text())["test"] for r in (twin.last_run(), run))
+    assert a == b
+    wa, wb = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"] for r in (twin.last_run(), run))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
