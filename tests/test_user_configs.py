@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import FAST
 
 from dlcli.commands.hydra_app import split_args, with_config_dirs
@@ -91,3 +93,41 @@ def test_dl_cp_copies_a_config_out_that_trains_as_the_users_own(dl_inproc):
     assert res.returncode == 2 and "no such model (did you mean lstm?)" in res.stderr
     res = dl_inproc("train", "--config-dir", "conf", "model=my_lstm", "dataset=spirals", *FAST)
     assert res.returncode == 2 and "model=lstm does not fit dataset=spirals" in res.stderr
+
+
+GRAMMAR = [  # (overrides, multirun, what every composed job shows) — Hydra's override grammar through dl's checks
+    (["trainer.epochs=range(1,3)"], True, lambda jobs: [c.trainer.epochs for c in jobs] == [1, 2]),
+    (["optimizer.lr=choice(0.1,0.01)"], True, lambda jobs: [c.optimizer.lr for c in jobs] == [0.1, 0.01]),
+    (["trainer.seed=shuffle(1,2)"], True, lambda jobs: sorted(c.trainer.seed for c in jobs) == [1, 2]),
+    (["optimizer=glob(*,exclude=[ad*,rms*])"], True,
+     lambda jobs: sorted(c.optimizer.name for c in jobs) == ["sgd", "sgd", "sgd"]),  # sgd, momentum, nesterov
+    (["optimizer=sgd,adam", "trainer.epochs=1,2"], True, lambda jobs: len(jobs) == 4),
+    (["++trainer.seed=3"], False, lambda jobs: jobs[0].trainer.seed == 3),
+    (["++trainer.brand_new=3"], False, lambda jobs: jobs[0].trainer.brand_new == 3),
+    (["+foo.bar=1"], False, lambda jobs: jobs[0].foo.bar == 1),
+    (["~trainer.summary"], False, lambda jobs: "summary" not in jobs[0].trainer),
+    (["dataset=csv", "dataset.path='a b, c=d.csv'", "dataset.target=y"], False,
+     lambda jobs: jobs[0].dataset.path == "a b, c=d.csv"),
+    # oc.env gives text (refused below as no number); oc.decode makes it one; a nested one is quoted, as in Hydra
+    (["optimizer.lr='${oc.decode:${oc.env:DL_TEST_LR,0.25}}'"], False, lambda jobs: jobs[0].optimizer.lr == 0.25),
+    (["trainer.epochs=${dataset.epochs}"], False, lambda jobs: jobs[0].trainer.epochs == 40),
+]
+
+
+@pytest.mark.parametrize("overrides,multirun,check", GRAMMAR, ids=[" ".join(g[0]) for g in GRAMMAR])
+def test_hydras_override_grammar_goes_through_dls_checks(overrides, multirun, check):
+    assert check(compose_jobs(overrides, multirun=multirun))
+
+
+@pytest.mark.parametrize("overrides,multirun,expected", [
+    (["trainer.epochs=range(1,3)"], False, "lists several values: add -m"),
+    (["~trainer.nothing"], False, "trainer.nothing"),
+    (["optimizer=glob(zz*)", "trainer.epochs=1"], True, "optimizer=glob(zz*): no value to run"),
+    (["optimizer.lr=${oc.env:DL_TEST_LR,0.25}"], False, "optimizer.lr must be a number"),  # oc.env gives text
+])
+def test_hydras_own_refusals_are_one_line(overrides, multirun, expected):
+    from dlcli.base.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        compose_jobs(overrides, multirun=multirun)
+    assert expected in str(e.value) and "\n" not in str(e.value)

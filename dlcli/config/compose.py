@@ -50,6 +50,10 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
         parsed, sweeper = sweeps.with_sweeper_params(overrides, parsed, parser, multirun, groups)
         check_groups(parsed)
         jobs = sweeps.job_lists(parsed, sweeper) if multirun else [[o.input_line for o in parsed]]
+        empty = [o.input_line for o in parsed if o.is_sweep_override() and not sweeps.sweep_values(o)]
+        if empty or not jobs:
+            raise UserError(f"{' '.join(empty) or 'the sweep'}: no value to run (a glob that matches no option?); "
+                            "see the options with: dl ls")
         configs = []
         bases: dict[tuple, DictConfig] = {}
         for job in jobs:
