@@ -264,3 +264,32 @@ def test_fp16_grad_scaler_state_goes_into_checkpoints_and_back(monkeypatch, tmp_
     assert saved["last"].grad_scaler == grown
     fit(training, LoopState.from_dict({**saved["last"].as_dict(), "epoch": 1}))
     assert scalers[1].get_scale() > grown["scale"]  # went on from the saved scale (from 1024 it would end at it)
+
+
+def test_an_interrupt_inside_torch_save_comes_out_as_the_interrupt(tmp_path, monkeypatch):
+    """A Ctrl-C that lands in torch.save's writing: the zip writer then fails on its way out ("unexpected pos"), which
+    used to hide the interrupt (exit 1, a traceback); atomic_save re-raises the interrupt and leaves no temp file."""
+    from dlcli.engine.checkpoint import atomic_save
+    from dlcli.engine.loop import Interrupted
+
+    real_save = torch.save
+
+    class BreaksOnThirdWrite:
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise Interrupted(signal.SIGINT)
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: real_save(obj, BreaksOnThirdWrite(f), *a, **k))
+    (tmp_path / "last.pt").write_bytes(b"the previous checkpoint")
+    with pytest.raises(Interrupted):
+        atomic_save({"w": torch.zeros(100_000)}, tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert (tmp_path / "last.pt").read_bytes() == b"the previous checkpoint"

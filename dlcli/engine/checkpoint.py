@@ -46,15 +46,28 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
+        if _interrupt_in(e):
+            raise _interrupt_in(e) from None
         raise _write_error(e, path) from None
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _interrupt_in(e):
+            # A Ctrl-C inside torch.save's writing: its zip writer then fails on the way out ("unexpected pos")
+            # and that error would hide the interrupt; the interrupt is what happened.
+            raise _interrupt_in(e) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _interrupt_in(e: BaseException) -> BaseException | None:
+    """The interrupt (KeyboardInterrupt, dl's Interrupted: BaseExceptions) an Exception was raised while handling."""
+    context = e.__context__
+    return context if isinstance(e, Exception) and context is not None and not isinstance(context, Exception) \
+        else None
 
 
 def _write_error(e: OSError, path: Path) -> Exception:
