@@ -31,7 +31,6 @@ def debug() -> bool:
 
 def report(err: BaseException) -> None:
     """Print one red line on stderr."""
-
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}")
 
 
@@ -43,7 +42,7 @@ def exit_with(err: UserError) -> None:
 
 
 def missing_key(e: Exception, group: str, name: str) -> UserError:
-    """OmegaConf's 'Missing key x' while building from a user's YAML: one line naming the key and the file."""
+    """OmegaConf's 'Missing key x' while a builder reads a YAML without it: one line naming the key and the builder."""
     key = getattr(e, "full_key", None) or str(e).splitlines()[0]
     return UserError(f"{group}.name={name}: the {group} config has no {key} (or leaves it ???), which {name} needs "
                      f"(the keys {name} takes: dl train {group}={name} --cfg job)")

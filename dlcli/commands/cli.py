@@ -74,7 +74,6 @@ def train(
 
 def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     """Checkpoint paths vs key=value overrides (a path that exists wins, even with '=' in its name)."""
-
     paths, overrides = [], []
     for item in items:
         (overrides if "=" in item and not Path(item).exists() else paths).append(item)

@@ -187,7 +187,6 @@ def _task_overrides() -> list[str]:
 
 def run_job(cfg: DictConfig) -> float | None:
     """What Hydra calls per job: the run around run(), with its record and its failure modes."""
-
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     distributed.init(resolve_device(cfg.device))  # a submitit job with several tasks (torchrun's: joined already)
     if cfg.trainer.get("devices", 1) > 1 and not distributed.active():

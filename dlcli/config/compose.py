@@ -23,7 +23,6 @@ WORD_VALUES = {"trainer.batch_size": {"full"}}
 
 def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
     """Compose the config of every job the overrides describe; raise UserError naming the first bad override."""
-
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()

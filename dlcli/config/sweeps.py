@@ -61,7 +61,6 @@ def composition_hint(error: str) -> str | None:
 def base_config(overrides: list[str], parsed: list[Any], groups: set[str]) -> DictConfig:
     """The sweep's base config with Hydra's node (hydra.sweeper), as the command line's groups compose it (sweeps
     left out: they are the jobs, not the base; plain keys too: the jobs' own composition names a bad one)."""
-
     fixed = [o.input_line for o in parsed if not o.is_sweep_override() and (
         o.key_or_group in groups or o.key_or_group.startswith("hydra"))]
     fixed += [o for o in overrides if o.startswith("hydra.") and not o.startswith("hydra.sweeper.params")]
@@ -164,7 +163,6 @@ def _check_base(plan: SweepPlan) -> None:
     """Hydra sets the command line's fixed values on the sweep's base config, with every swept group at its
     default, before it sweeps: `-m model=cbow,skipgram model.vector_size=16` fails there (mlp, the default model,
     has no vector_size) although every job has the key. Say so, and how to give it to each job instead."""
-
     base = plan.base
     choices = base.hydra.runtime.choices
     swept = [o for o in plan.merged if o.is_sweep_override() and o.key_or_group in choices]

@@ -106,7 +106,6 @@ def find_or_download(name: str, root: str | Path, subdirs: tuple[str, ...], file
 def download_zip_member(url: str, member: str, dest: Path, sha256: str) -> Path:
     """Fetch a zip, extract one member to dest and check the member's sha256 (the archive's own bytes may differ
     between mirrors; the text we train on may not)."""
-
     archive = download(url, dest.with_name(dest.name + ".zip"), None)
     part = dest.with_name(dest.name + ".part")
     try:

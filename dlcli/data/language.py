@@ -235,7 +235,6 @@ def grammar_validity(texts: list[str]) -> tuple[int, int]:
 
 def grammar_sample_metrics(task: LMTask, model: torch.nn.Module) -> dict[str, float]:
     """Generate 32 x 300 characters after a newline (seeded, temperature 1) and parse every complete sentence."""
-
     vocab = task.meta["vocab"]
     device = task.device
     prompt = torch.full((32, 1), vocab.index("\n"), device=device)

@@ -64,7 +64,6 @@ class Seq2SeqTask(Task):
 
     def decode_split(self, model: nn.Module, split: str) -> tuple[list[str], list[str], list[int]]:
         """Greedy outputs, references and source lengths (in tokens) of a whole split."""
-
         src_all, tgt_all = self.splits[split]
         hyps, refs, lengths = [], [], []
         for i in range(0, len(src_all), DECODE_BATCH):

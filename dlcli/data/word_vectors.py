@@ -28,7 +28,6 @@ def unit_rows(vectors: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------------- files
 def read_analogies(path: str | Path, lowercase: bool = True) -> list[tuple[str, list[str]]]:
     """questions-words.txt: `: section` headers, then four words a line. A malformed line is an error naming it."""
-
     out, section = [], None
     for n, line in enumerate(read_user_text(path, "dataset.analogies").splitlines(), 1):
         line = line.strip()
@@ -52,7 +51,6 @@ def read_analogies(path: str | Path, lowercase: bool = True) -> list[tuple[str, 
 
 def read_similarity(path: str | Path, lowercase: bool = True) -> list[tuple[str, str, float]]:
     """`word1 word2 score` a line (tabs or spaces; `#` comments and a header line without a number skipped)."""
-
     out = []
     for n, line in enumerate(read_user_text(path, "dataset.similarity").splitlines(), 1):
         parts = line.strip().split()

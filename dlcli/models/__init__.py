@@ -58,7 +58,6 @@ def count_params(model: nn.Module) -> int:
 
 def summary_table(model: nn.Module, example: Any, title: str) -> tuple[Any, str]:
     """Keras-style summary: each leaf layer's output shape and parameter count (from one forward pass)."""
-
     rows: list[tuple[str, str, str, int]] = []
     hooks = []
     for name, module in model.named_modules():

@@ -5,7 +5,7 @@
     width: 16
 
 It is called with the YAML's keys (but `_target_`, `name` and dl's own `clip_grad_norm`) plus the data's description
-for each parameter its signature names (DATA_PARAMETERS). The current directory is importable, as with `python -m`.
+for each parameter its signature names (data_parameters; listed in the README, "Your own model and data"). The current directory is importable, as with `python -m`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from dlcli.base.errors import UserError
 from dlcli.base.targets import import_target
 from dlcli.base.tokens import PAD
 
-# What the data tells a user model, by parameter name (documented in the README: "Your own model and data").
-DATA_PARAMETERS = ("input_size", "num_classes", "output_size", "in_channels", "image_size", "vocab_size",
-                   "pad_id", "seq_len", "meta")
 KINDS = ("classify", "regress", "tag", "lm")  # the task kinds whose forward contract a user model can meet
 OWN_KEYS = ("_target_", "name", "clip_grad_norm")  # dl's keys in a model YAML, not the model's arguments
 

@@ -45,7 +45,6 @@ def _read_list(path: Path) -> list | None:
 
 def _block(job: Path) -> dict | None:
     """The `experiment:` block of a job's stored config (None when the sweep was not an experiment)."""
-
     path = job / ".hydra" / "config.yaml"
     if not path.exists():
         return None
@@ -179,7 +178,6 @@ def report_experiment(sweep_dir: Path, jobs: list[Path], block: dict) -> list[Pa
 # ------------------------------------------------------------------------------------------------------ picture
 def lesson_figure(runs: list[Run], panels: list[dict], path: Path, title: str) -> Path | None:
     """One subplot per panel that has data, every run in the same colour throughout."""
-
     drawers = {"curves": _curves, "bars": _bars, "by_length": _by_length, "grad_time": _grad_time}
     panels = [p for p in panels if _has_data(p, runs)]
     if not panels:

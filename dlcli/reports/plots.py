@@ -314,7 +314,6 @@ def exact_by_length_plot(by_length: dict[str, dict], path: Path, title: str) -> 
 
 def seq2seq_plots(run_dir: Path, task: Any, model: torch.nn.Module, out: Path, name: str) -> list[Path]:
     """Exact match by source length (from summary.json) and attention heatmaps for 4 validation examples."""
-
     paths = []
     by_length = json.loads((run_dir / "summary.json").read_text()).get("exact_by_source_length")
     if by_length:

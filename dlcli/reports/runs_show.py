@@ -68,7 +68,6 @@ def glob_escape(name: str) -> str:
 # ------------------------------------------------------------------------------------------------ dl runs show
 def _compose(overrides: list[str]) -> Any:
     """The config `dl train OVERRIDES` composes (with Hydra's node, for runtime.choices)."""
-
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -79,7 +78,6 @@ def _compose(overrides: list[str]) -> Any:
 
 def _flat(cfg: Any) -> dict[str, Any]:
     """key.path -> value (lists stay whole); interpolations resolved where they can be."""
-
     try:
         tree = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an interpolation that only resolves inside Hydra (${hydra:...}): compare it as written
@@ -96,7 +94,6 @@ def _flat(cfg: Any) -> dict[str, Any]:
 def config_diff(run_dir: Path) -> dict[str, Any]:
     """How the run's config differs from the defaults: the group options it chose instead of the default ones,
     then each key whose value differs from what those options give by themselves (overrides, experiments)."""
-
     hydra_yaml, config_yaml = run_dir / ".hydra" / "hydra.yaml", run_dir / ".hydra" / "config.yaml"
     if not (hydra_yaml.exists() and config_yaml.exists()):
         return {"error": "no .hydra/config.yaml in the run dir"}
