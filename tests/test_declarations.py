@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from dlcli.commands.cli import group_options, train_help
-from dlcli.config.check import check_fit, dataset_shapes, datasets_for
+from dlcli.config.check import check_fit, datasets_for
+from dlcli.config.listing import dataset_shapes
 from dlcli.data import builders
 from dlcli.models import families
 

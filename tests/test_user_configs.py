@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import FAST
 
 from dlcli.commands.hydra_app import split_args, with_config_dirs

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError, choices
-from dlcli.config.check import dataset_shapes, datasets_for
-from dlcli.config.listing import about, group_options, option_file
+from dlcli.config.check import datasets_for
+from dlcli.config.listing import about, dataset_shapes, group_options, option_file
 from dlcli.models import families
 
 
@@ -36,7 +36,7 @@ def _table(group: str, options: list[str]) -> Table:
                           ", ".join(datasets_for(name)) if family else "")
     elif group == "dataset":
         shapes = dataset_shapes()
-        fits = {d: [m for m in families() if d in datasets_for(m)] for d in shapes}
+        fits = {d: [m for m, f in families().items() if shape in f.fits] for d, shape in shapes.items()}
         table.add_column("task")
         table.add_column("what it is")
         table.add_column("models")

@@ -4,14 +4,14 @@ one check that needs the task and model built (check_monitor). Used by train, sw
 from __future__ import annotations
 
 import importlib.util
-from importlib.resources import files
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dlcli.base.errors import UserError
 from dlcli.base.targets import is_user_data, is_user_model
+from dlcli.config.listing import dataset_shapes
 from dlcli.config.schema import check_schema
 from dlcli.data import check_dataset_config
 from dlcli.engine import distributed
@@ -54,16 +54,6 @@ def check_monitor(cfg: DictConfig, task: Any, model: torch.nn.Module) -> None:
     if name not in names:
         raise UserError(f"trainer.monitor={cfg.trainer.monitor}: this {task.kind} task logs "
                         f"{', '.join(f'{split}/{n}' for n in names)}")
-
-
-def dataset_shapes() -> dict[str, tuple[str, str]]:
-    """Each shipped dataset's (kind, input), as its conf/dataset/NAME.yaml declares them."""
-    shapes = {}
-    for f in sorted(files("dlcli.conf").joinpath("dataset").iterdir(), key=lambda f: f.name):
-        if f.name.endswith(".yaml"):
-            d = OmegaConf.create(f.read_text())
-            shapes[str(d.name)] = (str(d.get("kind")), str(d.get("input")))
-    return shapes
 
 
 def datasets_for(model: str) -> list[str]:

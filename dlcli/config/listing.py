@@ -3,6 +3,7 @@ option's one line (the first comment of its YAML). dl train's help, shell comple
 
 from __future__ import annotations
 
+import functools
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
@@ -32,3 +33,15 @@ def about(group: str, option: str) -> str:
             first = text.split(". ")[0].rstrip(".")
             return first if len(first) <= 110 else first[:107] + "..."
     return ""
+
+
+@functools.cache
+def dataset_shapes() -> dict[str, tuple[str, str]]:
+    """Each shipped dataset's (kind, input), as its conf/dataset/NAME.yaml declares them (read once a process)."""
+    from omegaconf import OmegaConf  # lazy: dl --help lists conf/ without it
+
+    shapes = {}
+    for option in group_options()["dataset"]:
+        d = OmegaConf.create(option_file("dataset", option).read_text(encoding="utf-8"))
+        shapes[str(d.name)] = (str(d.get("kind")), str(d.get("input")))
+    return shapes
