@@ -68,8 +68,8 @@ def train_cli(args: list[str]) -> None:
     if len({MODES[f] for f in modes}) > 1:
         raise UserError(f"{' and '.join(sorted(modes))} cannot go together; give one of --multirun, --cfg, --info")
     multirun = "-m" in flags or "--multirun" in flags
-    for flag, value in zip(flags, flags[1:]):
-        if flag in ("--config-dir", "-cd") and not Path(value).expanduser().is_dir():
+    for flag, value in config_dirs(flags):
+        if not Path(value).expanduser().is_dir():
             raise UserError(f"{flag} {value}: no such directory (it should hold your config groups, e.g. "
                             f"{value}/model/mynet.yaml)")
     if any(f in PASSTHROUGH for f in flags):
@@ -134,10 +134,15 @@ def train_cli(args: list[str]) -> None:
                 release(run_dir)
 
 
+def config_dirs(flags: list[str]) -> list[tuple[str, str]]:
+    """(flag, folder) for each --config-dir / -cd given, as typed."""
+    return [(flag, value) for flag, value in zip(flags, flags[1:]) if flag in ("--config-dir", "-cd")]
+
+
 def with_config_dirs(flags: list[str], overrides: list[str]) -> list[str]:
     """The overrides with --config-dir's folders added to hydra.searchpath, so that dl's own composition before
     Hydra runs finds the user's configs as Hydra will."""
-    dirs = [f"file://{Path(v).expanduser().resolve()}" for f, v in zip(flags, flags[1:]) if f in ("--config-dir", "-cd")]
+    dirs = [f"file://{Path(v).expanduser().resolve()}" for _, v in config_dirs(flags)]
     if not dirs:
         return overrides
     given = [o for o in overrides if o.startswith("hydra.searchpath=")]
