@@ -25,9 +25,10 @@ from dlcli.base.targets import import_target
 from dlcli.base.task import Task, split_indices
 from dlcli.data.classification import make_task
 
-# dl's own keys in a dataset YAML (documented defaults); everything else is the data function's
-OWN_KEYS = {"_target_": None, "name": None, "kind": None, "input": None, "epochs": 20, "batch_size": 64,
-            "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0}
+# dl's own keys in a dataset YAML; everything else is the data function's. (epochs and batch_size default in
+# conf/trainer/default.yaml, the split fractions here.)
+OWN_KEYS = {"_target_", "name", "kind", "input", "epochs", "batch_size", "val_fraction", "test_fraction", "seed"}
+FRACTION = 0.1  # of train, cut for val and for test when the function gives them not
 KINDS = ("classify", "regress")
 SPLITS = ("train", "val", "test")
 
@@ -134,8 +135,7 @@ def _split_indices(cfg: Any, sizes: dict[str, int], where: str) -> tuple[Tensor,
     own = {s: torch.arange(start[s], start[s] + n) for s, n in sizes.items()}
     missing = [s for s in ("val", "test") if s not in sizes]
     if missing:
-        fractions = {s: float(cfg.get(f"{s}_fraction", OWN_KEYS[f"{s}_fraction"])) if s in missing else 0.0
-                     for s in ("val", "test")}
+        fractions = {s: float(cfg.get(f"{s}_fraction", FRACTION)) if s in missing else 0.0 for s in ("val", "test")}
         train, val, test = split_indices(sizes["train"], fractions["val"], fractions["test"],
                                          int(cfg.get("seed", 0)))
         for s, part in (("val", val), ("test", test)):
