@@ -42,7 +42,8 @@ def _guard(fn: Callable[[], Any]) -> None:
 
 
 def train_help() -> str:
-    groups = "; ".join(f"{g} ({' '.join(options)})" for g, options in group_options().items() if g not in ("experiment", "hparams_search"))
+    groups = "; ".join(f"{g} ({' '.join(options)})" for g, options in group_options().items()
+                       if g not in ("experiment", "hparams_search"))
     return ("Train a model. Arguments are Hydra overrides: group=option, key=value, -m for a sweep.\n\n"
             f"Config groups: {groups}.\n\n"
             "`dl train --help` lists every option and key; `dl train --cfg job` prints the composed config.")
@@ -130,7 +131,8 @@ def sample(
                                                               "tokens only (1 = greedy)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Language models: nucleus sampling, the smallest "
                                                                 "set of tokens holding this much probability."),
-    beam: Optional[int] = typer.Option(None, "--beam", help="Encoder-decoders: beam search with this many beams (1 = greedy)."),
+    beam: Optional[int] = typer.Option(None, "--beam",
+                                       help="Encoder-decoders: beam search with this many beams (1 = greedy)."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty",
                                          help="Encoder-decoders, beam search: GNMT's alpha; 0 ranks by total "
                                               "log-probability, larger favours longer outputs."),

@@ -26,7 +26,8 @@ def evaluate_cli(paths: list[str], overrides: list[str], split: str = "test", as
         metrics = evaluate_split(r.model, task, split, int(r.cfg.trainer.eval_batch_size), r.runtime)
         if split == "test":  # as at the end of training (e.g. the grammatical share of sampled sentences)
             metrics.update(task.final_metrics(r.model))
-        results.append({"checkpoint": str(r.path) if as_json else f"{r.path.parent.parent.name}/{r.path.name}", "model": model_name(r.cfg.model), "dataset": dataset_name(r.cfg.dataset),
+        results.append({"checkpoint": str(r.path) if as_json else f"{r.path.parent.parent.name}/{r.path.name}",
+                        "model": model_name(r.cfg.model), "dataset": dataset_name(r.cfg.dataset),
                         "split": split, "epoch": r.ckpt.get("epoch"), "examples": task.size(split),
                         **{f"{split}/{k}": v for k, v in metrics.items()}})
     if as_json:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dlcli.base.errors import UserError
-from dlcli.base.targets import model_name
+from dlcli.base.targets import dataset_name, model_name
 from dlcli.base.task import Task
 from dlcli.config.schema import check_schema
 from dlcli.data import build_task
@@ -28,6 +28,11 @@ class Restored:
     cfg: DictConfig
     model: torch.nn.Module
     runtime: Runtime
+
+    @property
+    def title(self) -> str:
+        """'mlp on spirals': what the tables of dl sample are about."""
+        return f"{model_name(self.cfg.model)} on {dataset_name(self.cfg.dataset)}"
 
 
 def stored_config(ckpt: dict, overrides: list[str]) -> DictConfig:
@@ -67,8 +72,8 @@ def restore(path: str | Path, overrides: list[str]) -> Restored:
     except UserError as e:  # the model's own line (a _target_ that does not import from here, a key missing...)
         raise UserError(f"{p}: {e}") from None
     except (OmegaConfBaseException, KeyError, TypeError, ValueError) as e:  # a stored config edited by hand
-        raise UserError(f"{p}: its stored config does not build a {model_name(cfg.model)} ({str(e).splitlines()[0][:160]});"
-                        " it was changed since dl train wrote it") from None
+        raise UserError(f"{p}: its stored config does not build a {model_name(cfg.model)} "
+                        f"({str(e).splitlines()[0][:160]}); it was changed since dl train wrote it") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

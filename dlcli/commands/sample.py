@@ -10,7 +10,6 @@ from rich.table import Table
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
-from dlcli.base.targets import dataset_name, model_name
 from dlcli.commands.restore import restore, test_examples
 from dlcli.commands.sample_embeddings import sample_embeddings
 from dlcli.commands.sample_options import check_ranges, options_for
@@ -55,7 +54,7 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
     if kind == "classify":
         probs = out_t.softmax(-1).cpu()
         names = meta["class_names"]
-        table = Table(title=f"{model_name(r.cfg.model)} on {dataset_name(r.cfg.dataset)}: predictions", title_justify="left")
+        table = Table(title=f"{r.title}: predictions", title_justify="left")
         for col in ("input", *(["true"] if true is not None else []), "predicted", "probability", "runner-up"):
             table.add_column(col)
         for i, p in enumerate(probs):
@@ -76,7 +75,7 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
     else:
         pred = out_t * torch.tensor(meta.get("target_std", [1.0])) .to(out_t) + torch.tensor(
             meta.get("target_mean", [0.0])).to(out_t)
-        table = Table(title=f"{model_name(r.cfg.model)} on {dataset_name(r.cfg.dataset)}: predictions", title_justify="left")
+        table = Table(title=f"{r.title}: predictions", title_justify="left")
         for col in ("input", *(["true"] if true is not None else []), "predicted"):
             table.add_column(col)
         for i in range(len(pred)):
@@ -115,7 +114,6 @@ def _user_inputs(input_path: str, meta: dict) -> tuple[torch.Tensor, list[str]]:
 
 def _save_grid(r: Any, x: torch.Tensor, probs: torch.Tensor, true: torch.Tensor | None, names: list[str],
                out: str | None) -> None:
-
     meta = r.ckpt["meta"]
     images = (x.cpu() * meta.get("pixel_std", 1.0) + meta.get("pixel_mean", 0.0)).clamp(0, 1)
     pred = probs.argmax(-1)
@@ -138,7 +136,7 @@ def _show_tagging(r: Any, num: int, seed: int) -> None:
     with torch.no_grad():
         pred = r.model(x).argmax(-1)
     vocab, names = r.ckpt["meta"]["vocab"], r.ckpt["meta"]["class_names"]
-    table = Table(title=f"{model_name(r.cfg.model)} on {dataset_name(r.cfg.dataset)}: test sequences", title_justify="left")
+    table = Table(title=f"{r.title}: test sequences", title_justify="left")
     for col in ("input", "target", "predicted"):
         table.add_column(col)
     right = 0

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
-from dlcli.base.targets import dataset_name, model_name
+from dlcli.base.targets import model_name
 from dlcli.base.tokens import SPECIALS, unknown_tokens
 from dlcli.commands.restore import test_examples
 from dlcli.data.pairs import encode, ids_to_text, max_output_len, output_tokens, tokens_of, visible_tokens
@@ -85,7 +85,7 @@ def _stdin_lines() -> list[str]:
 def _table(r: Any, sources: list[list[str]], targets: list[str], outputs: list[str], meta: dict, beam: int) -> None:
     sep = "" if meta["src_level"] == "char" else " "
     how = "greedy" if beam == 1 else f"beam {beam}"
-    table = Table(title=f"{model_name(r.cfg.model)} on {dataset_name(r.cfg.dataset)}: test examples ({how})", title_justify="left")
+    table = Table(title=f"{r.title}: test examples ({how})", title_justify="left")
     for col in ("source", "target", "output"):
         table.add_column(col)
     for s, t, o in zip(sources, targets, outputs):
@@ -97,8 +97,8 @@ def _table(r: Any, sources: list[list[str]], targets: list[str], outputs: list[s
 
 def _attention_plot(r: Any, sources: list[list[str]], ids: torch.Tensor, attn: Any, path: Path) -> None:
     if attn is None:
-        raise UserError(f"--attention-plot: model={model_name(r.cfg.model)} has no attention to draw (the fixed-context "
-                        "seq2seq); use a model=attention or model=transformer checkpoint")
+        raise UserError(f"--attention-plot: model={model_name(r.cfg.model)} has no attention to draw "
+                        "(the fixed-context seq2seq); use a model=attention or model=transformer checkpoint")
     if path.suffix.lower() != ".png":
         raise UserError(f"--attention-plot {path}: name a .png file")
     shown = min(len(sources), 4)

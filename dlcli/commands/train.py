@@ -49,8 +49,9 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     model = build_model(cfg.model, task.meta).to(runtime.device)
     params = count_params(model)
     reporter.say(f"run dir: {run_dir}")
-    reporter.say(f"data: {dataset_name(cfg.dataset)} ({task.kind}) train {task.size('train')} / val {task.size('val')} / "
-                 f"test {task.size('test')} examples on {runtime.device}, precision {runtime.precision}")
+    reporter.say(f"data: {dataset_name(cfg.dataset)} ({task.kind}) train {task.size('train')} / "
+                 f"val {task.size('val')} / test {task.size('test')} examples on {runtime.device}, "
+                 f"precision {runtime.precision}")
     if t.summary:
         reporter.table(*summary_table(model, task.example_input(), f"model: {model_name(cfg.model)}"))
     train_model = torch.compile(model) if t.compile else model

@@ -25,7 +25,8 @@ MODES = ("min", "max")
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked before any data is read; raises UserError."""
     check_dataset_config(cfg.dataset)
-    if not is_user_model(cfg.model) and not is_user_data(cfg.dataset):  # those: once built (check_output, check_data_fit)
+    # a model or data of the user's own: checked once built (check_output, check_data_fit)
+    if not is_user_model(cfg.model) and not is_user_data(cfg.dataset):
         check_fit(cfg.model.name, cfg.dataset)
     check_schema(cfg)  # types and ranges of the values users set (schema.py), every number finite
     check_optimizer(cfg.optimizer)

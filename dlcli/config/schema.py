@@ -30,7 +30,8 @@ class Number:
     def describe(self) -> str:
         rng = ""
         if self.low is not None and self.high is not None:
-            rng = f" in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            rng = f" in {left}{_num(self.low)}, {_num(self.high)}{right}"
         elif self.low is not None:
             rng = f" {'>' if self.low_open else '>='} {_num(self.low)}"
         elif self.high is not None:

@@ -19,7 +19,8 @@ def read_user_text(path: str | Path, what: str, encoding: str = "utf-8") -> str:
     if p.is_dir():
         raise UserError(f"{what}={path}: that is a directory; name a file")
     if not p.is_file():
-        raise UserError(f"{what}={path}: no such file" + (" (a symlink to nowhere, or a loop)" if p.is_symlink() else ""))
+        loop = " (a symlink to nowhere, or a loop)" if p.is_symlink() else ""
+        raise UserError(f"{what}={path}: no such file{loop}")
     try:
         return p.read_text(encoding=encoding)
     except UnicodeDecodeError as e:

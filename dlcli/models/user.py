@@ -5,7 +5,8 @@
     width: 16
 
 It is called with the YAML's keys (but `_target_`, `name` and dl's own `clip_grad_norm`) plus the data's description
-for each parameter its signature names (data_parameters; listed in the README, "Your own model and data"). The current directory is importable, as with `python -m`.
+for each parameter its signature names (data_parameters; listed in the README, "Your own model and data"). The
+current directory is importable, as with `python -m`.
 """
 
 from __future__ import annotations

@@ -324,6 +324,8 @@ def build(cfg: Any, meta: dict) -> Word2Vec:
 
 
 FAMILIES = {
-    "cbow": Family(build, {("embedding", "corpus")}, "word2vec CBOW: the context's mean predicts the word (gensim sg=0)"),
-    "skipgram": Family(build, {("embedding", "corpus")}, "word2vec skip-gram: the word predicts its context (gensim sg=1)"),
+    "cbow": Family(build, {("embedding", "corpus")},
+                   "word2vec CBOW: the context's mean predicts the word (gensim sg=0)"),
+    "skipgram": Family(build, {("embedding", "corpus")},
+                       "word2vec skip-gram: the word predicts its context (gensim sg=1)"),
 }
