@@ -204,6 +204,10 @@ def _write_ckpts(cwd: Path, good: Path) -> None:
     badyaml = torch.load(good, weights_only=True)  # a checkpoint whose stored config was edited into nonsense
     badyaml["config"] = "model: [unclosed"
     torch.save(badyaml, cwd / "badyaml.pt")
+    badrun = cwd / "badyamlrun"  # ... and a run whose last.pt holds such a config: resuming it says so too
+    shutil.copytree(good.parent.parent / ".hydra", badrun / ".hydra")
+    (badrun / "checkpoints").mkdir()
+    torch.save(badyaml, badrun / "checkpoints" / "last.pt")
     othermodel = torch.load(good, weights_only=True)  # ... or names another model than its weights are
     othermodel["config"] = othermodel["config"].replace("name: mlp", "name: cnn", 1)
     torch.save(othermodel, cwd / "othermodel.pt")
@@ -245,6 +249,8 @@ EVAL_CASES = [
      "was trained with model=mlp; it cannot go on with model=cnn"),
     ("resume-not-a-run", ["train", "trainer.resume=other.pt"], "is not inside a dl run dir"),
     ("resume-truncated-checkpoint", ["train", "trainer.resume=brokenrun"], "truncated or corrupt"),
+    ("resume-stored-config-not-yaml", ["train", "trainer.resume=badyamlrun"],
+     "the checkpoint's stored config does not read as YAML"),
 ]
 if torch.cuda.is_available():
     EVAL_CASES = [c for c in EVAL_CASES if c[0] != "eval-cuda"]

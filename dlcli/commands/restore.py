@@ -16,7 +16,7 @@ from dlcli.base.targets import dataset_name, model_name
 from dlcli.base.task import Task
 from dlcli.config.schema import check_schema
 from dlcli.data import build_task
-from dlcli.engine.checkpoint import load_checkpoint, resolve_path
+from dlcli.engine.checkpoint import config_of, load_checkpoint, resolve_path
 from dlcli.engine.runtime import Runtime, resolve_device, resolve_precision
 from dlcli.models import build_model
 
@@ -37,14 +37,7 @@ class Restored:
 
 def stored_config(ckpt: dict, overrides: list[str]) -> DictConfig:
     """The checkpoint's config with key=value overrides applied; `device=cpu` picks a device by name."""
-    try:
-        cfg = OmegaConf.create(ckpt["config"])
-    except Exception as e:  # the YAML inside the checkpoint (edited, or not written by dl train)
-        raise UserError(f"the checkpoint's stored config does not read as YAML ({str(e).splitlines()[0][:120]}); "
-                        "it was not written by dl train, or was changed since") from None
-    if not isinstance(cfg, DictConfig) or not all(k in cfg for k in ("model", "dataset", "trainer")):
-        raise UserError("the checkpoint's stored config has no model/dataset/trainer sections; it was not written "
-                        "by dl train")
+    cfg = config_of(ckpt)
     for item in overrides:
         key, _, value = item.partition("=")
         if not key or not _:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from dlcli.base.errors import UserError
 
@@ -44,17 +45,15 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        if _interrupt_in(e):
-            raise _interrupt_in(e) from None
-        raise _write_error(e, path) from None
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if _interrupt_in(e):
-            # A Ctrl-C inside torch.save's writing: its zip writer then fails on the way out ("unexpected pos")
-            # and that error would hide the interrupt; the interrupt is what happened.
-            raise _interrupt_in(e) from None
+        # A Ctrl-C inside torch.save's writing: its zip writer then fails on the way out ("unexpected pos") and that
+        # error would hide the interrupt; the interrupt is what happened.
+        interrupt = _interrupt_in(e)
+        if interrupt is not None:
+            raise interrupt from None
+        if isinstance(e, OSError):
+            raise _write_error(e, path) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -142,3 +141,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in ckpt:
             raise UserError(f"{p} is an incomplete dlcli checkpoint (no '{key}')")
     return ckpt
+
+
+def config_of(ckpt: dict) -> DictConfig:
+    """The config a checkpoint stores (the YAML dl train wrote), or one line if it is not that."""
+    try:
+        cfg = OmegaConf.create(ckpt["config"])
+    except Exception as e:  # the YAML inside the checkpoint (edited, or not written by dl train)
+        raise UserError(f"the checkpoint's stored config does not read as YAML ({str(e).splitlines()[0][:120]}); "
+                        "it was not written by dl train, or was changed since") from None
+    if not isinstance(cfg, DictConfig) or not all(k in cfg for k in ("model", "dataset", "trainer")):
+        raise UserError("the checkpoint's stored config has no model/dataset/trainer sections; it was not written "
+                        "by dl train")
+    return cfg

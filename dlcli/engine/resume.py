@@ -89,7 +89,7 @@ def _status(run_dir: Path) -> str | None:
 def check_resumable(ckpt_path: Path, cfg: object) -> None:
     """Refuse before anything is written: a finished run that already did all its epochs has nothing to resume.
     (Killed after its last epoch but before the test split and summary: resuming finishes those.)"""
-    from dlcli.engine.checkpoint import load_checkpoint  # lazy: torch; dl train imports this module before --help/--cfg
+    from dlcli.engine.checkpoint import config_of, load_checkpoint  # lazy: torch; imported before --help/--cfg
 
     run_dir = ckpt_path.parent.parent
     live = holder(run_dir)
@@ -101,7 +101,7 @@ def check_resumable(ckpt_path: Path, cfg: object) -> None:
     if done >= want and _status(run_dir) == "completed":
         raise UserError(f"trainer.resume: {run_dir.name} already finished {done} of "
                         f"trainer.epochs={want}; to train longer add trainer.epochs={done + 10} (say)")
-    stored = OmegaConf.create(ckpt["config"])
+    stored = config_of(ckpt)
     for group in ("model", "dataset", "optimizer", "scheduler"):  # what the saved state belongs to
         was, now = OmegaConf.select(stored, f"{group}.name"), cfg[group].get("name")  # type: ignore[index]
         if group == "model":  # a model of the user's own goes by its _target_'s name
