@@ -47,6 +47,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     task = build_task(cfg.dataset, cfg.loss, runtime.device)
     check_data_fit(cfg, task)
     model = build_model(cfg.model, task.meta).to(runtime.device)
+    check_monitor(cfg, task, model)  # first forward (a user model's output shape): before the summary's own
     params = count_params(model)
     reporter.say(f"run dir: {run_dir}")
     reporter.say(f"data: {dataset_name(cfg.dataset)} ({task.kind}) train {task.size('train')} / "
@@ -65,7 +66,6 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     distributed.check_batch_size(batch_size)  # the global batch: each of N processes needs a row
     total_steps = task.num_batches("train", batch_size) * int(t.epochs)
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, total_steps, t.mode)
-    check_monitor(cfg, task, model)
 
     config_yaml = OmegaConf.to_yaml(cfg)
     ckpt_dir = run_dir / "checkpoints"
