@@ -6,9 +6,11 @@ import json
 
 import pytest
 from conftest import FAST
+from omegaconf import OmegaConf
 
-from dlcli.commands.hydra_app import split_args, with_config_dirs
+from dlcli.commands.hydra_app import split_args
 from dlcli.config.compose import compose_jobs
+from dlcli.config.search_path import take_config_sources
 
 MYDATA = """# my copy of the spirals, with my own sizes
 name: spirals
@@ -44,10 +46,73 @@ def test_a_dataset_from_the_users_config_dir_trains(dl_inproc):
     assert res.returncode == 0, res.stderr
 
 
-def test_config_dirs_join_any_searchpath_the_user_gave(tmp_path):
-    flags, overrides = split_args(["--config-dir", str(tmp_path), "hydra.searchpath=[pkg://x.y]", "model=mlp"])
-    merged = with_config_dirs(flags, overrides)
-    assert merged == ["model=mlp", f"hydra.searchpath=[pkg://x.y,'file://{tmp_path.resolve()}']"]
+def test_config_folders_come_off_the_command_line_first_given_first(tmp_path):
+    from dlcli.base.errors import UserError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    flags, overrides = split_args(["-m", "--config-dir", str(tmp_path / "a"), f"--config-path={tmp_path / 'b'}",
+                                   "hydra.searchpath=[pkg://x.y,'file://" + str(tmp_path) + "']", "model=mlp"])
+    flags, overrides, sources = take_config_sources(flags, overrides)
+    assert flags == ["-m"] and overrides == ["model=mlp"]
+    assert sources == [f"file://{tmp_path / 'a'}", f"file://{tmp_path / 'b'}", "pkg://x.y", f"file://{tmp_path}"]
+    with pytest.raises(UserError, match="hydra.searchpath nowhere: no such directory"):
+        take_config_sources([], ["hydra.searchpath=[nowhere]"])
+
+
+SHADOW_MLP = """# my own mlp: one hidden layer of 5
+name: mlp
+hidden_sizes: [5]
+activation: relu
+dropout: 0.0
+norm: none
+"""
+
+
+def test_a_users_file_shadows_dls_option_of_the_same_name(dl_inproc):
+    """myconf/model/mlp.yaml replaces dl's model=mlp however the folder is given, in one run, a sweep, --cfg and a
+    resume; a key it lacks is one line naming the file. (Plain Hydra would keep its own mlp: hydra#2758.)"""
+    (dl_inproc.cwd / "myconf" / "model").mkdir(parents=True)
+    mine = dl_inproc.cwd / "myconf" / "model" / "mlp.yaml"
+    mine.write_text(SHADOW_MLP)
+    params = 2 * 5 + 5 + 5 * 3 + 3  # spirals: 2 features, 3 classes
+    small = ["dataset=spirals", "dataset.n_samples=200", "trainer.epochs=1", *FAST]
+    for given in (["--config-dir", "myconf"], ["--config-path", "myconf"], ["-cd=myconf"],
+                  [f"hydra.searchpath=[{dl_inproc.cwd / 'myconf'}]"]):
+        dl_inproc.ok("train", *given, "model=mlp", *small)
+        assert json.loads((dl_inproc.last_run() / "summary.json").read_text())["params"] == params, given
+    assert "- 5" in dl_inproc.ok("train", "--config-dir", "myconf", "model=mlp", "--cfg", "job").stdout
+    run = dl_inproc.last_run()
+    dl_inproc.ok("train", f"trainer.resume={run}", "trainer.epochs=2")  # the run's record brings myconf back
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+    dl_inproc.ok("train", "-m", "--config-dir", "myconf", "model=mlp", "optimizer=sgd,adam", *small)
+    sweep = next((dl_inproc.cwd / "outputs" / "sweeps").iterdir())
+    assert [json.loads(p.read_text())["params"] for p in sorted(sweep.glob("*/summary.json"))] == [params, params]
+    mine.write_text(SHADOW_MLP.replace("norm: none\n", ""))
+    res = dl_inproc("train", "--config-dir", "myconf", "model=mlp", *small)
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "error: myconf/model/mlp.yaml: model.name=mlp: the model config has no model.norm (or leaves it ???), which "
+        "mlp needs (the keys mlp takes: dl train model=mlp --cfg job)")
+
+
+def test_experiments_and_a_primary_config_of_the_users_own(dl_inproc):
+    """myconf/experiment/tiny.yaml is +experiment=tiny; myconf/quick.yaml, built on dl's config, is --config-name
+    quick, and a resume of its run composes it again."""
+    conf = dl_inproc.cwd / "myconf"
+    (conf / "experiment").mkdir(parents=True)
+    (conf / "experiment" / "tiny.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: mlp\n  - override /dataset: spirals\n"
+        "model:\n  hidden_sizes: [4]\ndataset:\n  n_samples: 200\ntrainer:\n  epochs: 1\n")
+    dl_inproc.ok("train", "--config-dir", "myconf", "+experiment=tiny", *FAST)
+    assert json.loads((dl_inproc.last_run() / "summary.json").read_text())["params"] == 2 * 4 + 4 + 4 * 3 + 3
+    (conf / "quick.yaml").write_text("defaults:\n  - config\n  - _self_\ntrainer:\n  epochs: 1\n  seed: 7\n")
+    dl_inproc.ok("train", "-cd", "myconf", "--config-name", "quick", "dataset.n_samples=200", *FAST)
+    run = dl_inproc.last_run()
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 1
+    dl_inproc.ok("train", f"trainer.resume={run}", "trainer.epochs=2")
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").trainer.seed == 7  # quick.yaml again, not dl's config
+    res = dl_inproc("train", "-cd", "myconf", "--config-name", "nope")
+    assert res.returncode == 2 and "Cannot find primary config 'nope'" in res.stderr
 
 
 def test_a_sweep_over_group_options_by_glob():

@@ -141,13 +141,16 @@ def test_a_user_model_trains_evaluates_elsewhere_samples_and_resumes(project, tm
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
 
 
-@pytest.mark.parametrize("model,expected", [
-    ("nomodule", "model._target_=nomod.Net: cannot import nomod"),
-    ("notcallable", "model._target_=mynets.torch: that is a module, not a class or function"),
-    ("raises", "model._target_=mynets.PoolNet: calling it failed: RuntimeError"),
-    ("notamodule", "model._target_=mynets.make_list: it returned a list, not a torch.nn.Module"),
-    ("wrongshape", "for input (2, 2) it returned (2,), this classify task needs (2, 3)"),
-    ("unfilled", "nothing gives its parameter(s) depth"),
+@pytest.mark.parametrize("model,expected", [  # each line starts with the user's YAML that holds the problem
+    ("nomodule", "conf/model/nomodule.yaml: model._target_=nomod.Net: cannot import nomod"),
+    ("notcallable", "conf/model/notcallable.yaml: model._target_=mynets.torch: that is a module, not a class or "
+                    "function"),
+    ("raises", "conf/model/raises.yaml: model._target_=mynets.PoolNet: calling it failed: RuntimeError"),
+    ("notamodule", "conf/model/notamodule.yaml: model._target_=mynets.make_list: it returned a list, not a "
+                   "torch.nn.Module"),
+    ("wrongshape", "conf/model/wrongshape.yaml: model._target_=mynets.WrongOut: for input (2, 2) it returned (2,), "
+                   "this classify task needs (2, 3)"),
+    ("unfilled", "conf/model/unfilled.yaml: model._target_=mynets.Needs: nothing gives its parameter(s) depth"),
 ])
 def test_a_user_model_that_cannot_work_is_one_line(project, model, expected):
     res = project("train", "--config-dir", "conf", f"model={model}", *SPIRALS, "trainer.plots=false")
@@ -212,10 +215,11 @@ def test_user_data_with_built_in_and_user_models_evaluated_from_elsewhere(projec
 
 
 @pytest.mark.parametrize("dataset,expected", [
-    ("bad_lengths", "its train split has 10 inputs but 9 targets"),
+    ("bad_lengths", "conf/dataset/bad_lengths.yaml: dataset._target_=mydata.bad_lengths: its train split has 10 "
+                    "inputs but 9 targets"),
     ("with_nan", "its train inputs hold NaN or inf (row 7)"),
     ("not_a_dict", "it returned list; return a dict"),
-    ("empty_val", "its val split is empty"),
+    ("empty_val", "conf/dataset/empty_val.yaml: dataset._target_=mydata.empty_val: its val split is empty"),
     ("fails", "calling it failed: ValueError: no such file: blobs.csv"),
     ("strings", "its train split holds ndarray values that are not numbers"),
 ])
@@ -247,3 +251,20 @@ def test_a_user_model_on_user_data_interrupted_then_resumed_ends_as_if_never_sto
     assert a == b
     wa, wb = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"] for r in (twin.last_run(), run))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # optuna 2.10 on SQLAlchemy 2 (in-memory storage: unused)
+def test_optuna_searches_a_user_models_own_key(project):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from omegaconf import OmegaConf
+
+    search = ["-m", "--config-dir", "conf", "model=poolnet", *SPIRALS, "trainer.epochs=1", "hydra/sweeper=optuna",
+              "hydra.sweeper.n_trials=2", *FAST]
+    res = project("train", *search, "model.widht=choice(4,32)")
+    assert res.returncode == 2 and "model.widht" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    project.ok("train", *search, "model.width=choice(4,32)")
+    sweep = next((project.cwd / "outputs" / "sweeps").iterdir())
+    result = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert set(result.best_params) == {"model.width"} and result.best_params["model.width"] in (4, 32)
+    widths = [OmegaConf.load(p).model.width for p in sorted(sweep.glob("*/.hydra/config.yaml"))]
+    assert len(widths) == 2 and set(widths) <= {4, 32}

@@ -18,6 +18,7 @@ from dlcli.base.overrides import hydra_path, unquote
 from dlcli.base.targets import dataset_name, model_name
 from dlcli.config.compose import compose_jobs
 from dlcli.config.schema import ranges_help
+from dlcli.config.search_path import take_config_sources, user_configs_first
 from dlcli.engine.run_dir import LOCK, STAGE, acquire, discard_staged, release, stage
 
 # Hydra flags that take a value (the value follows as the next argument).
@@ -67,30 +68,34 @@ def train_cli(args: list[str]) -> None:
     modes = {f for f in flags if f in MODES}
     if len({MODES[f] for f in modes}) > 1:
         raise UserError(f"{' and '.join(sorted(modes))} cannot go together; give one of --multirun, --cfg, --info")
-    multirun = "-m" in flags or "--multirun" in flags
-    for flag, value in config_dirs(flags):
-        if not Path(value).expanduser().is_dir():
-            raise UserError(f"{flag} {value}: no such directory (it should hold your config groups, e.g. "
-                            f"{value}/model/mynet.yaml)")
+    flags, overrides, sources = take_config_sources(flags, overrides)
     if any(f in PASSTHROUGH for f in flags):
         try:
-            _call_hydra(flags, overrides)
+            with user_configs_first(sources):
+                _call_hydra(flags, overrides)
         finally:
             if "--help" in flags or "-h" in flags:  # after Hydra's page (it exits): the ranges dl checks
                 print(ranges_help())
         return
     # lazy (with the imports below): dl train --help / --cfg answer without torch
-    from dlcli.engine.resume import resume_overrides
+    from dlcli.engine.resume import recorded_config_name, resume_overrides
 
     overrides, resume_dir = resume_overrides(overrides)
+    _, overrides, recorded = take_config_sources([], overrides)  # a resumed run's own config folders
+    if resume_dir is not None and config_name(flags) == "config":  # ... and its primary config
+        flags += ["--config-name", recorded_config_name(resume_dir)]
+    with user_configs_first(sources + recorded):
+        _check_and_run(flags, overrides, resume_dir)
+
+
+def _check_and_run(flags: list[str], overrides: list[str], resume_dir: Path | None) -> None:
+    multirun = "-m" in flags or "--multirun" in flags
     _check_launcher(overrides)
     if resume_dir is not None and multirun:
         raise UserError("trainer.resume continues one run; it cannot go with -m (resume each job on its own)")
-    configs = compose_jobs(with_config_dirs(flags, overrides), multirun)
     from dlcli.config.check import check_config  # imports torch: not before the --help/--cfg pass-through
 
-    for cfg in configs:
-        check_config(cfg)
+    configs = compose_jobs(overrides, multirun, config_name(flags), check=check_config)
     if resume_dir is not None:
         from dlcli.engine.resume import check_resumable  # lazy: torch
 
@@ -105,50 +110,50 @@ def train_cli(args: list[str]) -> None:
 
         distributed.init(resolve_device(configs[0].device))
     if multirun:
-        sweep_dir = _user_dir(overrides, "hydra.sweep.dir") or fresh_dir(Path("outputs/sweeps"), "")
-        try:
-            _call_hydra(flags, overrides + [f"hydra.sweep.dir={sweep_dir}"])
-        finally:
-            _remove_if_empty(sweep_dir)
-        from dlcli.reports.runs import summarize_sweep  # lazy: torch (plots)
-
-        summarize_sweep(sweep_dir)
-        from dlcli.reports.experiments import report_sweep  # lazy: torch (plots)
-
-        report_sweep(sweep_dir)  # +experiment=...: the lesson's table + picture; Optuna: its best trial
+        _run_sweep(flags, overrides)
     else:
-        run_dir = _one_run_dir(overrides, resume_dir, configs[0])
-        extra = []
+        _run_one(flags, overrides, resume_dir, configs[0])
+
+
+def _run_sweep(flags: list[str], overrides: list[str]) -> None:
+    sweep_dir = _user_dir(overrides, "hydra.sweep.dir") or fresh_dir(Path("outputs/sweeps"), "")
+    try:
+        _call_hydra(flags, overrides + [f"hydra.sweep.dir={sweep_dir}"])
+    finally:
+        _remove_if_empty(sweep_dir)
+    from dlcli.reports.runs import summarize_sweep  # lazy: torch (plots)
+
+    summarize_sweep(sweep_dir)
+    from dlcli.reports.experiments import report_sweep  # lazy: torch (plots)
+
+    report_sweep(sweep_dir)  # +experiment=...: the lesson's table + picture; Optuna: its best trial
+
+
+def _run_one(flags: list[str], overrides: list[str], resume_dir: Path | None, cfg: DictConfig) -> None:
+    from dlcli.engine import distributed  # lazy: torch
+
+    run_dir = _one_run_dir(overrides, resume_dir, cfg)
+    extra = []
+    if distributed.is_main():
+        acquire(run_dir)  # one writer per run dir: a resume of a live run stops here
+        if resume_dir is not None:  # Hydra's record of the new job waits in .hydra.resume/ until training restarts
+            log = stage(run_dir) / "train.log"
+            extra = [f"hydra.output_subdir={STAGE}", f"hydra.job_logging.handlers.file.filename={hydra_path(log)}"]
+    try:
+        _call_hydra(flags, overrides + [f"hydra.run.dir={hydra_path(run_dir)}", *extra,
+                                        *distributed.hydra_overrides()])
+    finally:
         if distributed.is_main():
-            acquire(run_dir)  # one writer per run dir: a resume of a live run stops here
-            if resume_dir is not None:  # Hydra's record of the new job waits in .hydra.resume/ until training restarts
-                log = stage(run_dir) / "train.log"
-                extra = [f"hydra.output_subdir={STAGE}", f"hydra.job_logging.handlers.file.filename={hydra_path(log)}"]
-        try:
-            _call_hydra(flags, overrides + [f"hydra.run.dir={hydra_path(run_dir)}", *extra,
-                                            *distributed.hydra_overrides()])
-        finally:
-            if distributed.is_main():
-                discard_staged(run_dir)  # a resume refused before it trained: the run stays as it was
-                _remove_if_empty(run_dir)  # Hydra refused its arguments (dl train --foo): leave no empty run dir
-                release(run_dir)
+            discard_staged(run_dir)  # a resume refused before it trained: the run stays as it was
+            _remove_if_empty(run_dir)  # Hydra refused its arguments (dl train --foo): leave no empty run dir
+            release(run_dir)
 
 
-def config_dirs(flags: list[str]) -> list[tuple[str, str]]:
-    """(flag, folder) for each --config-dir / -cd given, as typed."""
-    return [(flag, value) for flag, value in zip(flags, flags[1:]) if flag in ("--config-dir", "-cd")]
-
-
-def with_config_dirs(flags: list[str], overrides: list[str]) -> list[str]:
-    """The overrides with --config-dir's folders added to hydra.searchpath, so that dl's own composition before
-    Hydra runs finds the user's configs as Hydra will."""
-    dirs = [f"file://{Path(v).expanduser().resolve()}" for _, v in config_dirs(flags)]
-    if not dirs:
-        return overrides
-    given = [o for o in overrides if o.startswith("hydra.searchpath=")]
-    listed = given[-1].split("=", 1)[1].strip().strip("[]") if given else ""
-    paths = [p.strip() for p in listed.split(",") if p.strip()] + [f"'{d}'" for d in dirs]
-    return [o for o in overrides if o not in given] + [f"hydra.searchpath=[{','.join(paths)}]"]
+def config_name(flags: list[str]) -> str:
+    """The primary config's name: --config-name NAME (from the user's folders or dl's), else dl's config.yaml."""
+    names = [value for flag, value in zip(flags, flags[1:]) if flag in ("--config-name", "-cn")]
+    names += [f.split("=", 1)[1] for f in flags if f.startswith(("--config-name=", "-cn="))]
+    return names[-1].removesuffix(".yaml") if names else "config"
 
 
 def _one_run_dir(overrides: list[str], resume_dir: Path | None, cfg: DictConfig) -> Path:

@@ -23,6 +23,7 @@ from dlcli.base.console import make_console
 from dlcli.base.errors import UserError, exit_with, report
 from dlcli.base.targets import dataset_name, model_name
 from dlcli.config.check import check_config, check_data_fit, check_monitor
+from dlcli.config.search_path import naming_user_file
 from dlcli.data import build_task
 from dlcli.engine import distributed
 from dlcli.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
@@ -31,6 +32,7 @@ from dlcli.engine.logger import MetricsLogger, Reporter, SilentLogger
 from dlcli.engine.loop import (Diverged, Interrupted, LoopState, StopRequest, Training, evaluate_split, fit,
                                train_batch_size)
 from dlcli.engine.optim import build_optimizer, build_scheduler
+from dlcli.engine.resume import recorded_sources
 from dlcli.engine.run_dir import HELD_BY_PARENT, acquire, promote_staged
 from dlcli.engine.runtime import resolve_device, rng_state, set_rng_state, setup
 from dlcli.models import build_model, count_params, summary_table
@@ -210,7 +212,9 @@ def run_job(cfg: DictConfig) -> float | None:
             pass
     try:
         summary = run(cfg, run_dir, reporter, stop, started=record.start)
-    except UserError as e:
+    except UserError as error:
+        runtime = HydraConfig.get().runtime  # a problem in the user's own model/dataset YAML names that file
+        e = naming_user_file(error, runtime.choices, recorded_sources(runtime.config_sources))
         record.finish("failed", error=str(e))
         if not distributed.is_main():  # rank 0 says it and cleans up
             _leave(e)

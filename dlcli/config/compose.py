@@ -4,6 +4,7 @@ naming it (no such group option, no such key, wrong type), before any directory 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 from hydra import compose, initialize_config_module
@@ -15,20 +16,22 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from dlcli.base.errors import UserError, choices
 from dlcli.config import sweeps
 from dlcli.config.keys import has_key, leaf_keys
+from dlcli.config.search_path import UserConfigsFirst, naming_user_file
 
 CONFIG_MODULE = "dlcli.conf"
 # Keys whose default is a number but which also take one of these words.
 WORD_VALUES = {"trainer.batch_size": {"full"}}
 
 
-def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
-    """Compose the config of every job the overrides describe; raise UserError naming the first bad override."""
+def compose_jobs(overrides: list[str], multirun: bool, config_name: str = "config",
+                 check: Callable[[DictConfig], None] | None = None) -> list[DictConfig]:
+    """Compose the config of every job the overrides describe; raise UserError naming the first bad override.
+    The user's config folders are searched first (config/search_path.py), as when Hydra runs the jobs. `check`
+    runs on each job's config; a problem in the user's model or dataset YAML names that file."""
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         groups = {g for g in loader.list_groups("") if g != "hydra"}
-        # user config dirs (--config-dir, hydra.searchpath): every composition below looks there too
-        search = [o for o in overrides if o.startswith("hydra.searchpath=")][-1:]
         parser = OverridesParser.create(config_loader=loader)  # glob(...) sweeps list group options through it
         parsed = parse(parser, [o for o in overrides if not o.startswith("hydra.")])
         check_repeats(parsed)
@@ -39,14 +42,14 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
                     raise UserError(f"{o.input_line} lists several values: add -m (multirun) to sweep over them")
                 group = o.key_or_group.lstrip("+~")
                 if group in groups and not o.is_delete():
-                    options = loader.get_group_options(group, config_name="config", overrides=search)
+                    options = loader.get_group_options(group, config_name=config_name)
                     for value in sweeps.sweep_values(o):  # choice/range values, an interval's ends
                         if value not in options:
                             raise UserError(f"{group}={value}: no such {group}{choices(value, options)}")
 
         check_groups(parsed)  # first the command line: +experiment=NAME must exist before its file is read
         # an experiment's or hparams_search's hydra.sweeper.params are part of every job, like the command line
-        parsed, sweeper = sweeps.with_sweeper_params(overrides, parsed, parser, multirun, groups)
+        parsed, sweeper = sweeps.with_sweeper_params(overrides, parsed, parser, multirun, groups, config_name)
         check_groups(parsed)
         jobs = sweeps.job_lists(parsed, sweeper) if multirun else [[o.input_line for o in parsed]]
         empty = [o.input_line for o in parsed if o.is_sweep_override() and not sweeps.sweep_values(o)]
@@ -61,13 +64,19 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
                                or o.lstrip("+~").startswith("hydra/"))
             try:
                 if group_part not in bases:
-                    bases[group_part] = compose("config", overrides=[*search, *group_part])
+                    bases[group_part] = compose(config_name, overrides=list(group_part))
                 base = bases[group_part]
                 _check_keys(base, [o for o in job if o not in group_part])
-                cfg = compose("config", overrides=[*search, *job])
+                cfg = compose(config_name, overrides=job)
             except HydraException as e:
                 raise UserError(sweeps.composition_hint(str(e)) or _first_line(e)) from None
             _check_types(base, cfg, [o for o in job if o not in group_part])
+            if check is not None:
+                try:
+                    check(cfg)
+                except UserError as e:
+                    picked = compose(config_name, overrides=job, return_hydra_config=True).hydra.runtime.choices
+                    raise naming_user_file(e, picked, UserConfigsFirst.sources) from None
             configs.append(cfg)
     GlobalHydra.instance().clear()
     if multirun:

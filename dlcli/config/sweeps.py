@@ -58,20 +58,20 @@ def composition_hint(error: str) -> str | None:
     return None
 
 
-def base_config(overrides: list[str], parsed: list[Any], groups: set[str]) -> DictConfig:
+def base_config(overrides: list[str], parsed: list[Any], groups: set[str], config_name: str) -> DictConfig:
     """The sweep's base config with Hydra's node (hydra.sweeper), as the command line's groups compose it (sweeps
     left out: they are the jobs, not the base; plain keys too: the jobs' own composition names a bad one)."""
     fixed = [o.input_line for o in parsed if not o.is_sweep_override() and (
         o.key_or_group in groups or o.key_or_group.startswith("hydra"))]
     fixed += [o for o in overrides if o.startswith("hydra.") and not o.startswith("hydra.sweeper.params")]
     try:
-        return compose("config", overrides=fixed, return_hydra_config=True)
+        return compose(config_name, overrides=fixed, return_hydra_config=True)
     except HydraException as e:
         raise UserError(composition_hint(str(e)) or str(e).strip().splitlines()[0]) from None
 
 
 def with_sweeper_params(overrides: list[str], parsed: list[Any], parser: Any, multirun: bool,
-                        groups: set[str]) -> tuple[list, SweepPlan | None]:
+                        groups: set[str], config_name: str = "config") -> tuple[list, SweepPlan | None]:
     """The overrides every job is made of: hydra.sweeper.params first, then the command line (the same key: the
     command line wins, as in Hydra's sweepers). Returns (parsed overrides, the sweep's plan or None)."""
     for o in parsed:
@@ -80,7 +80,7 @@ def with_sweeper_params(overrides: list[str], parsed: list[Any], parser: Any, mu
                             f"a +: dl train -m +{o.input_line}")
     if not multirun and not any(o.key_or_group in SWEEP_GROUPS for o in parsed):
         return parsed, None
-    base = base_config(overrides, parsed, groups)
+    base = base_config(overrides, parsed, groups, config_name)
     params = [f"{k}={v}" for k, v in (base.hydra.sweeper.get("params") or {}).items()]
     if not params:
         return parsed, SweepPlan(base, parsed, parsed)

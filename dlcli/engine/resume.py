@@ -9,7 +9,9 @@ best-so-far and early-stopping count come from checkpoints/last.pt; each epoch's
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -74,9 +76,22 @@ def user_config_dirs(run_dir: Path) -> list[str]:
         sources = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.config_sources
     except Exception:  # an older or edited record: the user passes --config-dir again
         return []
-    paths = [f"'{s.schema}://{s.path}'" for s in sources
-             if s.provider not in ("hydra", "main", "schema") and s.schema in ("file", "pkg") and s.path]
+    paths = [f"'{url}'" for url in recorded_sources(sources)]
     return [f"hydra.searchpath=[{','.join(dict.fromkeys(paths))}]"] if paths else []
+
+
+def recorded_config_name(run_dir: Path) -> str:
+    """The primary config the run was composed from (--config-name; dl's own is "config")."""
+    try:
+        return str(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.job.config_name or "config")
+    except Exception:  # an older or edited record
+        return "config"
+
+
+def recorded_sources(config_sources: Iterable[Any]) -> list[str]:
+    """The user's config folders in a run's hydra.runtime.config_sources (Hydra's record), as search-path URLs."""
+    return [f"{s.schema}://{s.path}" for s in config_sources
+            if s.provider not in ("hydra", "main", "schema") and s.schema in ("file", "pkg") and s.path]
 
 
 def _status(run_dir: Path) -> str | None:
