@@ -195,3 +195,18 @@ def test_hydras_own_refusals_are_one_line(overrides, multirun, expected):
     with pytest.raises(UserError) as e:
         compose_jobs(overrides, multirun=multirun)
     assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_processes_started_for_trainer_devices_see_the_users_folders(tmp_path):
+    """trainer.devices=2 starts `dl train` again in two processes: they compose the user's shadowing mlp.yaml and
+    primary config too (Hydra keeps neither in the job's overrides)."""
+    from conftest import CLI
+
+    (tmp_path / "myconf" / "model").mkdir(parents=True)
+    (tmp_path / "myconf" / "model" / "mlp.yaml").write_text(SHADOW_MLP)
+    (tmp_path / "myconf" / "quick.yaml").write_text("defaults:\n  - config\n  - _self_\ntrainer:\n  epochs: 1\n")
+    dl = CLI(tmp_path)
+    dl.ok("train", "-cd", "myconf", "--config-name", "quick", "model=mlp", "dataset=spirals", "dataset.n_samples=200",
+          "trainer.devices=2", *FAST)
+    summary = json.loads((dl.last_run() / "summary.json").read_text())
+    assert summary["params"] == 2 * 5 + 5 + 5 * 3 + 3 and summary["epochs"] == 1

@@ -272,7 +272,7 @@ class _NoRecord:
 def _launch(cfg: DictConfig, run_dir: Path) -> float | None:
     """trainer.devices=N: run this job on N processes (torch.distributed.run), in this run dir; their rank 0
     writes everything. Returns the best monitored value (for sweepers), or exits with the processes' exit code."""
-    argv = distributed.job_argv(_task_overrides(), cfg.trainer.resume, run_dir)
+    argv = distributed.job_argv(_task_overrides(), cfg.trainer.resume, run_dir) + _config_args()
     os.environ[HELD_BY_PARENT] = str(run_dir.resolve())  # this process holds the dir's lock for the ones it starts
     try:
         code = distributed.launch(argv, int(cfg.trainer.devices))
@@ -282,6 +282,15 @@ def _launch(cfg: DictConfig, run_dir: Path) -> float | None:
         sys.exit(code)
     value = json.loads((run_dir / "summary.json").read_text())["best"]["value"]
     return float(value) if value is not None else None
+
+
+def _config_args() -> list[str]:
+    """The job's primary config and the user's config folders, for the processes that run it (not in its overrides)."""
+    hydra_cfg = HydraConfig.get()
+    folders = [f"'{url}'" for url in recorded_sources(hydra_cfg.runtime.config_sources)]
+    name = hydra_cfg.job.config_name
+    return ([f"--config-name={name}"] if name and name != "config" else []) + \
+        ([f"hydra.searchpath=[{','.join(folders)}]"] if folders else [])
 
 
 def _saved_step(path: Path) -> str:
