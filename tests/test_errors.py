@@ -77,7 +77,8 @@ TRAIN_CASES = [
     ("bad-group-in-eval-style", ["device=tpu"], "device=tpu: no such device", {}),
     ("bidirectional-lm", ["model=lstm", "model.bidirectional=true"], "cannot do language modelling", {}),
     ("lstm-on-images", ["model=lstm", "dataset=mnist"], "model=lstm does not fit dataset=mnist", {}),
-    ("cnn-on-text", ["model=cnn", "dataset=grammar"], "datasets for cnn: fashion_mnist, mnist, shapes", {}),
+    ("cnn-on-text", ["model=cnn", "dataset=grammar"], "datasets for cnn: fashion_mnist, image_folder, mnist, shapes",
+     {}),
     ("text-no-path", ["model=gru", "dataset=text"], "dataset=text needs dataset.path", {}),
     ("text-not-utf8", ["model=gru", "dataset=text", "dataset.path=l.txt"], "not UTF-8",
      {"l.txt": "caf\xe9 ".encode("latin-1") * 200}),
@@ -119,6 +120,18 @@ TRAIN_CASES = [
      {"outputs": b"a file where the outputs directory should be"}),
     ("run-dir-unwritable", ["hydra.run.dir=blocked/run"], "hydra.run.dir=blocked/run: cannot create it",
      {"blocked": b"a file"}),
+    # dataset=image_folder; the cases that need class folders are in tests/test_image_folder.py
+    ("image-folder-no-path", ["model=cnn", "dataset=image_folder"], "dataset=image_folder needs dataset.path=DIR", {}),
+    ("image-folder-missing", ["model=cnn", "dataset=image_folder", "dataset.path=photos"],
+     "dataset.path=photos: no such folder", {}),
+    ("image-folder-is-a-file", ["model=cnn", "dataset=image_folder", "dataset.path=cat.png"],
+     "dataset.path=cat.png: that is a file; name the folder that holds one subfolder per class",
+     {"cat.png": b"\x89PNG\r\n\x1a\n"}),
+    ("image-folder-channels", ["model=cnn", "dataset=image_folder", "dataset.path=photos", "dataset.channels=2"],
+     "dataset.channels=2: 1 (grayscale) or 3 (RGB)", {}),
+    ("image-folder-crop-padding", ["model=cnn", "dataset=image_folder", "dataset.path=photos",
+                                   "dataset.augment.crop_padding=-2"],
+     "dataset.augment.crop_padding=-2: must be an integer in [0, 1024]", {}),
 ]
 if importlib.util.find_spec("tensorboard") is None:
     TRAIN_CASES.append(("tensorboard-missing", ["logger=tensorboard"], "needs the tensorboard package", {}))

@@ -18,7 +18,7 @@ from dlcli.config.schema import SCHEMA, Number
 
 CONTEXTS = [[], ["optimizer=sgd"], ["optimizer=rmsprop"], ["optimizer=adagrad"], ["scheduler=step"],
             ["scheduler=plateau"], ["scheduler=onecycle"], ["scheduler=linear"], ["model=lstm"], ["model=cnn"],
-            ["model=transformer"], ["model=skipgram"], ["model=attention"]]
+            ["model=transformer"], ["model=skipgram"], ["model=attention"], ["dataset=image_folder"]]
 
 with initialize_config_module(config_module="dlcli.conf", version_base="1.3"):
     COMPOSED = [(c, compose("config", overrides=c)) for c in CONTEXTS]

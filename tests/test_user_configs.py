@@ -130,7 +130,7 @@ def test_dl_ls_lists_every_option_with_its_line_and_what_fits(dl_inproc):
         assert all(o in out for o in options)
     model = dl_inproc.ok("ls", "model").stdout
     assert all(f.about[:30] in " ".join(model.split()) for f in families().values())
-    assert "fashion_mnist, mnist, shapes" in model  # cnn's datasets
+    assert "fashion_mnist, image_folder, mnist, shapes" in model  # cnn's datasets
     dataset = dl_inproc.ok("ls", "dataset").stdout
     assert "seq2seq on pairs" in dataset and "seq2seq, attention, transformer" in dataset
     assert "Adam with decoupled weight decay" in dl_inproc.ok("ls", "optimizer").stdout

@@ -15,7 +15,7 @@ from dlcli.commands.sample_embeddings import sample_embeddings
 from dlcli.commands.sample_options import check_ranges, options_for
 from dlcli.commands.sample_seq2seq import sample_seq2seq
 from dlcli.commands.sample_text import sample_text
-from dlcli.data.images import load_image_files
+from dlcli.data.images import load_image_files, pixel_stats
 from dlcli.data.tabular import encode_features, read_csv
 from dlcli.reports.plots import image_grid
 
@@ -115,7 +115,8 @@ def _user_inputs(input_path: str, meta: dict) -> tuple[torch.Tensor, list[str]]:
 def _save_grid(r: Any, x: torch.Tensor, probs: torch.Tensor, true: torch.Tensor | None, names: list[str],
                out: str | None) -> None:
     meta = r.ckpt["meta"]
-    images = (x.cpu() * meta.get("pixel_std", 1.0) + meta.get("pixel_mean", 0.0)).clamp(0, 1)
+    mean, std = pixel_stats(meta)  # one number, or one per channel (dataset=image_folder)
+    images = (x.cpu() * std + mean).clamp(0, 1)
     pred = probs.argmax(-1)
     titles, colors = [], []
     for i in range(len(x)):

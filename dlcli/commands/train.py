@@ -55,6 +55,8 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     reporter.say(f"data: {dataset_name(cfg.dataset)} ({task.kind}) train {task.size('train')} / "
                  f"val {task.size('val')} / test {task.size('test')} examples on {runtime.device}, "
                  f"precision {runtime.precision}")
+    if task.loading:
+        reporter.say(f"data: {task.loading}")
     if t.summary:
         reporter.table(*summary_table(model, task.example_input(), f"model: {model_name(cfg.model)}"))
     train_model = torch.compile(model) if t.compile else model

@@ -83,6 +83,7 @@ SCHEMA: dict[str, Number] = {  # checked in this order: dataset.* first, as trai
     "dataset.block_size": POSITIVE_INT,
     "dataset.batch_size": Number(integer=True, low=1, words=("full",)),
     "dataset.epochs": Number(integer=True, low=1, high=100_000),
+    "dataset.augment.crop_padding": Number(integer=True, low=0, high=1024),  # dataset=image_folder
     "trainer.epochs": Number(integer=True, low=1, high=100_000),
     "trainer.batch_size": Number(integer=True, low=1, words=("full",)),
     "trainer.eval_batch_size": POSITIVE_INT,

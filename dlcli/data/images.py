@@ -79,23 +79,46 @@ def idx_dataset(cfg: Any, loss_cfg: Any) -> ClassifyTask:
     return ClassifyTask(splits, meta, loss_cfg)
 
 
+def decode_image(path: str | Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One image file -> uint8 (height, width, channels): converted to grayscale or RGB, resized (bicubic, as
+    Pillow's default). Training (data/image_folder.py) and `dl sample --input` both call it, so a picture is
+    preprocessed the same way in both. Raises what Pillow raises on a file it cannot read."""
+    from PIL import Image  # start-up speed: every data module is imported to find its DATASETS
+
+    height, width = size
+    mode = "L" if channels == 1 else "RGB"
+    with Image.open(path) as img:
+        img.draft(mode, (width, height))  # JPEG: decode at a reduced scale when the target is much smaller
+        if img.mode.startswith("I"):  # 16-bit grayscale (PNG): convert() would clip it to white; keep the top byte
+            img = Image.fromarray((np.asarray(img, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8))
+        a = np.asarray(img.convert(mode).resize((width, height)), dtype=np.uint8)
+    return a[:, :, None] if channels == 1 else a
+
+
+def pixel_stats(meta: dict) -> tuple[Tensor, Tensor]:
+    """meta's pixel_mean/pixel_std (one number, or one per channel) shaped (C or 1, 1, 1) to broadcast over images."""
+    def column(v: float | list) -> Tensor:
+        return torch.tensor(v, dtype=torch.float32).reshape(-1, 1, 1)
+
+    return column(meta.get("pixel_mean", 0.0)), column(meta.get("pixel_std", 1.0))
+
+
 def load_image_files(paths: list[str], meta: dict) -> Tensor:
     """User images -> a batch shaped like the training inputs (grayscale or RGB, resized, normalised)."""
-    from PIL import Image, UnidentifiedImageError  # Pillow: optional, only for the user's own image files
+    from PIL import UnidentifiedImageError  # start-up speed, as in decode_image
 
     channels, height, width = meta["input_shape"]
-    mode = "L" if channels == 1 else "RGB"
+    mean, std = pixel_stats(meta)
     out = []
     for p in paths:
         if not Path(p).is_file():
             raise UserError(f"--input: no such image file: {p}")
         try:
-            img = Image.open(p).convert(mode).resize((width, height))
-        except (UnidentifiedImageError, OSError):
+            a = decode_image(p, channels, (height, width))
+        except (UnidentifiedImageError, OSError, ValueError):
             raise UserError(f"--input: {p} is not an image file PIL can read (png, jpg, ...)") from None
-        a = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()) / 255.0
-        a = a[None] if channels == 1 else a.permute(2, 0, 1)
-        out.append((a - meta.get("pixel_mean", 0.0)) / meta.get("pixel_std", 1.0))
+        x = torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255.0
+        out.append((x - mean) / std)
     return torch.stack(out)
 
 
