@@ -13,14 +13,20 @@ from pathlib import Path
 from dlcli.base.errors import UserError
 
 
-def read_user_text(path: str | Path, what: str, encoding: str = "utf-8") -> str:
-    """A file the user named: its text, or one clear line (missing, not UTF-8)."""
+def user_path(path: str | Path, what: str) -> Path:
+    """A file the user named, checked to be one: or one clear line (missing, a directory, a broken link)."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{what}={path}: that is a directory; name a file")
     if not p.is_file():
         loop = " (a symlink to nowhere, or a loop)" if p.is_symlink() else ""
         raise UserError(f"{what}={path}: no such file{loop}")
+    return p
+
+
+def read_user_text(path: str | Path, what: str, encoding: str = "utf-8") -> str:
+    """A file the user named: its text, or one clear line (missing, not UTF-8)."""
+    p = user_path(path, what)
     try:
         return p.read_text(encoding=encoding)
     except UnicodeDecodeError as e:

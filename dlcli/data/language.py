@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
-from dlcli.data.download import find_or_download, read_user_text
+from dlcli.data.cache import cache_dir
+from dlcli.data.download import find_or_download, user_path
 from dlcli.data.sequence import TagTask
+from dlcli.data.token_stream import TokenIds, ids_of_file, ids_of_text
 from dlcli.models.decoding import generate
 
 SHAKESPEARE = {"file": "input.txt", "subdirs": ("tinyshakespeare", "shakespeare"),
@@ -67,12 +70,65 @@ class LMTask(TagTask):
         return {}
 
 
+class MappedLMTask(LMTask):
+    """An LMTask whose token streams stay in the memory-mapped cache file (uint8/16/32): each batch's windows are
+    gathered from it and sent to the device as int64. The same windows, in the same order, as LMTask's on the CPU."""
+
+    def __init__(self, streams: dict[str, np.ndarray], block_size: int, meta: dict, loss_cfg: Any):
+        TagTask.__init__(self, {}, meta, loss_cfg)
+        self.block_size = block_size
+        self.streams = streams
+        self._device = torch.device("cpu")
+        for name in streams:
+            self.size(name)  # a split shorter than one window: said now
+
+    def to(self, device: torch.device) -> MappedLMTask:
+        self._device = device
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def size(self, split: str) -> int:
+        return len(windows_of(len(self.streams[split]), self.block_size))
+
+    def example_input(self, n: int = 2) -> Tensor:
+        return next(self.batches("train", n))[0]
+
+    def batches(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        stream, block, n = self.streams[split], self.block_size, self.size(split)
+        if not shuffle:
+            for i in range(0, n, batch_size):  # consecutive windows, as windows() cuts them
+                m = min(batch_size, n - i)
+                flat = self._ids(stream[i * block:(i + m) * block + 1])
+                yield flat[:-1].view(m, block), flat[1:].view(m, block)
+            return
+        gen = torch.Generator().manual_seed(seed)  # the windows LMTask draws on the CPU, in its order
+        if split == "train":  # windows at random offsets
+            starts = torch.randint(0, len(stream) - block, (n,), generator=gen)
+        else:  # the fixed windows, shuffled
+            starts = torch.randperm(n, generator=gen) * block
+        offsets = np.arange(block + 1)
+        for i in range(0, n, batch_size):
+            chunk = self._ids(stream[starts[i:i + batch_size, None].numpy() + offsets])
+            yield chunk[:, :-1], chunk[:, 1:]
+
+    def _ids(self, a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a.astype(np.int64)).to(self._device, non_blocking=True)
+
+
+def windows_of(n_tokens: int, block: int) -> range:
+    n = (n_tokens - 1) // block
+    if n < 1:
+        raise UserError(f"a text split of {n_tokens} tokens is shorter than dataset.block_size={block}; "
+                        "use a longer text or a smaller block_size")
+    return range(n)
+
+
 def windows(stream: Tensor, block: int) -> tuple[Tensor, Tensor]:
     """Non-overlapping (input, next-token target) windows covering the stream."""
-    n = (len(stream) - 1) // block
-    if n < 1:
-        raise UserError(f"a text split of {len(stream)} tokens is shorter than dataset.block_size={block}; "
-                        "use a longer text or a smaller block_size")
+    n = len(windows_of(len(stream), block))
     x = stream[: n * block].view(n, block)
     y = stream[1: n * block + 1].view(n, block)
     return x, y
@@ -99,30 +155,37 @@ def detokenize(tokens: list[str], level: str) -> str:
 
 def lm_task(text: str, cfg: Any, loss_cfg: Any, extra_meta: dict | None = None,
             vocab: list[str] | None = None) -> LMTask:
-    """vocab: a trained model's vocabulary (dl eval on new text); else built from this text."""
-    level = str(cfg.get("level", "char"))
-    tokens = tokenize(text, level)
-    counts = Counter(tokens)
-    if vocab is None:
-        vocab = sorted(t for t, c in counts.items() if c >= int(cfg.get("min_freq", 1)))
-        if len(vocab) < len(counts):
-            vocab.append("<unk>")
-    unk = "<unk>" if "<unk>" in vocab else None
-    index = {t: i for i, t in enumerate(vocab)}
-    unseen = sorted(t for t in counts if t not in index)
-    if unseen and unk is None:
+    """A text in memory. vocab: a trained model's vocabulary (dl eval on new text); else built from this text."""
+    level = _level(cfg)
+    tokens = ids_of_text(text, level, int(cfg.get("min_freq", 1)), vocab)
+    return _lm_task_from(tokens, cfg, loss_cfg, extra_meta, in_memory=True)
+
+
+def _lm_task_from(tokens: TokenIds, cfg: Any, loss_cfg: Any, extra_meta: dict | None, in_memory: bool) -> LMTask:
+    if tokens.unseen:
         source = f"dataset.path={cfg.path}" if cfg.get("path") not in (None, "???") else f"dataset={cfg.name}"
-        raise UserError(f"{source} has {len(unseen)} token(s) outside the model's training vocabulary "
-                        f"({len(vocab)} tokens): {', '.join(repr(t) for t in unseen[:10])}; evaluate on text "
-                        "made of the same tokens (a model trained with dataset.min_freq=2 maps rare ones to <unk>)")
-    ids = torch.tensor([index.get(t, index.get(unk, 0)) for t in tokens], dtype=torch.long)
-    val_n = int(len(ids) * float(cfg.val_fraction))
-    test_n = int(len(ids) * float(cfg.test_fraction))
-    train_n = len(ids) - val_n - test_n
-    streams = {"train": ids[:train_n], "val": ids[train_n:train_n + val_n], "test": ids[train_n + val_n:]}
-    meta = {"kind": "lm", "vocab": vocab, "vocab_size": len(vocab), "level": level, "unk": unk,
-            "block_size": int(cfg.block_size), **(extra_meta or {})}
-    return LMTask(streams, int(cfg.block_size), meta, loss_cfg)
+        raise UserError(f"{source} has {len(tokens.unseen)} token(s) outside the model's training vocabulary "
+                        f"({len(tokens.vocab)} tokens): {', '.join(repr(t) for t in tokens.unseen[:10])}; evaluate on "
+                        "text made of the same tokens (a model trained with dataset.min_freq=2 maps rare ones to <unk>)")
+    n = len(tokens.ids)
+    val_n = int(n * float(cfg.val_fraction))
+    test_n = int(n * float(cfg.test_fraction))
+    train_n = n - val_n - test_n
+    cuts = {"train": (0, train_n), "val": (train_n, train_n + val_n), "test": (train_n + val_n, n)}
+    meta = {"kind": "lm", "vocab": tokens.vocab, "vocab_size": len(tokens.vocab), "level": _level(cfg),
+            "unk": tokens.unk, "block_size": int(cfg.block_size), **(extra_meta or {})}
+    if in_memory:
+        streams = {k: torch.from_numpy(np.asarray(tokens.ids[a:b], dtype=np.int64)) for k, (a, b) in cuts.items()}
+        return LMTask(streams, int(cfg.block_size), meta, loss_cfg)
+    return MappedLMTask({k: tokens.ids[a:b] for k, (a, b) in cuts.items()}, int(cfg.block_size), meta, loss_cfg)
+
+
+def _level(cfg: Any) -> str:
+    level = str(cfg.get("level", "char"))
+    if level not in ("char", "word"):
+        raise UserError(f"dataset.level={level}: choose char or word")
+    return level
+
 
 # ------------------------------------------------------------------------------------------------ generated grammar
 NOUNS = {"sg": ["cat", "dog", "bird", "fox", "horse"], "pl": ["cats", "dogs", "birds", "foxes", "horses"]}
@@ -211,15 +274,31 @@ def shakespeare(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTa
     return lm_task(files[SHAKESPEARE["file"]].read_text(encoding="utf-8"), cfg, loss_cfg, vocab=vocab)
 
 
+# Ids as int64 tensors in memory up to this many tokens (2 GB); past it, read from the memory-mapped cache file.
+IN_MEMORY_TOKENS = 1 << 28
+
+
 def text_file(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask:
+    """Any UTF-8 text: tokenized once into the token cache (data/token_stream.py); in memory or memory-mapped."""
     if cfg.get("path") in (None, "???"):
         raise UserError("dataset=text needs dataset.path=FILE (any UTF-8 text), e.g. dl train model=lstm "
                         "dataset=text dataset.path=book.txt")
-    text = read_user_text(cfg.path, "dataset.path")
-    if len(text) < 4 * int(cfg.block_size):
-        raise UserError(f"dataset.path={cfg.path}: {len(text)} characters is too little text for "
+    path = user_path(cfg.path, "dataset.path")
+    cache = cache_dir(cfg, "tokens") if cfg.get("cache", True) else None
+    say = make_console(stderr=True).print
+    tokens = ids_of_file(path, _level(cfg), int(cfg.get("min_freq", 1)), vocab, cache, "dataset.path", say)
+    if len(tokens.ids) < 4 * int(cfg.block_size):
+        raise UserError(f"dataset.path={cfg.path}: {len(tokens.ids)} tokens is too little text for "
                         f"dataset.block_size={cfg.block_size}")
-    return lm_task(text, cfg, loss_cfg, vocab=vocab)
+    in_memory = {"auto": len(tokens.ids) <= IN_MEMORY_TOKENS, True: True, False: False}.get(cfg.get("in_memory", "auto"))
+    if in_memory is None:
+        raise UserError(f"dataset.in_memory={cfg.in_memory}: choose auto, true or false")
+    task = _lm_task_from(tokens, cfg, loss_cfg, None, in_memory)
+    where = f"token cache {tokens.cache}" if tokens.cache else "memory"
+    task.loading = (f"{len(tokens.ids):,} {_level(cfg)} tokens ({len(tokens.vocab):,} distinct) "
+                    f"{'read from' if tokens.from_cache else 'tokenized into'} {where}; "
+                    f"{'batches from memory' if in_memory else 'batches read from the memory-mapped file'}")
+    return task
 
 
 def grammar_validity(texts: list[str]) -> tuple[int, int]:
