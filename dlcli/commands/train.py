@@ -29,8 +29,8 @@ from dlcli.engine import distributed
 from dlcli.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from dlcli.engine.in_place import choose_in_place
 from dlcli.engine.logger import MetricsLogger, Reporter, SilentLogger
-from dlcli.engine.loop import (Diverged, Interrupted, LoopState, StopRequest, Training, evaluate_split, fit,
-                               train_batch_size)
+from dlcli.engine.loop import (Diverged, Interrupted, LoopState, StopRequest, Training, batch_limit, evaluate_split,
+                               fit, train_batch_size, train_batches)
 from dlcli.engine.optim import build_optimizer, build_scheduler
 from dlcli.engine.resume import recorded_sources
 from dlcli.engine.run_dir import HELD_BY_PARENT, acquire, promote_staged
@@ -44,7 +44,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     """Train one model; write checkpoints, metrics, plots and summary.json under run_dir. `started` is called once
     everything is built and loaded, right before the first step (a resume records itself only then)."""
     check_config(cfg)
-    t = cfg.trainer
+    t = dry_run(cfg.trainer) if cfg.trainer.get("fast_dev_run") else cfg.trainer
     runtime = setup(cfg)
     task = build_task(cfg.dataset, cfg.loss, runtime.device)
     check_data_fit(cfg, task)
@@ -68,7 +68,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
         reporter.say(f"training: word2vec's own SGD, pair by pair, in C++ on {torch.get_num_threads()} thread(s); "
                      f"steps of dataset.cpu_batch_size={batch_size} words")
     distributed.check_batch_size(batch_size)  # the global batch: each of N processes needs a row
-    total_steps = task.num_batches("train", batch_size) * int(t.epochs)
+    total_steps = train_batches(t, task, batch_size) * int(t.epochs)
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, total_steps, t.mode)
 
     config_yaml = OmegaConf.to_yaml(cfg)
@@ -96,7 +96,9 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
         if distributed.is_main() and best_path.exists():
             model.load_state_dict(torch.load(best_path, map_location=runtime.device, weights_only=True)["model"])
         distributed.broadcast_module(model)  # every rank tests rank 0's weights
-        test = evaluate_split(model, task, "test", int(t.eval_batch_size), runtime)
+        size = int(t.eval_batch_size)
+        limit = batch_limit(t.get("limit_test_batches"), task.num_batches("test", size), "limit_test_batches")
+        test = evaluate_split(model, task, "test", size, runtime, limit=limit)
         if not distributed.is_main():  # the rest writes the run's files: rank 0's job
             return {"device": str(runtime.device), "wall_time_s": 0.0, "best": {"value": state.best_value}}
         test.update(task.final_metrics(model))
@@ -123,6 +125,13 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
         for path in plot_run(run_dir, logger.rows, task, model, runtime, int(t.eval_batch_size)):
             reporter.say(f"plot: {path}")
     return summary
+
+
+def dry_run(tcfg: DictConfig) -> DictConfig:
+    """trainer.fast_dev_run: one epoch of one batch, one of val, one of test; no plots (run_job then removes the run
+    dir: a dry run leaves nothing)."""
+    return OmegaConf.merge(tcfg, {"epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1,
+                                  "limit_test_batches": 1, "overfit_batches": 0, "plots": False})
 
 
 class RunRecord:
@@ -247,6 +256,10 @@ def run_job(cfg: DictConfig) -> float | None:
         for signum, handler in previous.items():  # (after an interrupt: ignore them, the process is ending)
             signal.signal(signum, signal.SIG_IGN if stop.stopping else handler)
     record.finish("completed", device=summary["device"], wall_time_s=summary["wall_time_s"])
+    if cfg.trainer.get("fast_dev_run") and distributed.is_main():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        reporter.say("fast_dev_run: data, model, a training step, validation, test and checkpoints all ran (one "
+                     "batch each); nothing kept. Train for real without trainer.fast_dev_run")
     value = summary["best"]["value"]
     return float(value) if value is not None else None
 

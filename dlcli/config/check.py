@@ -15,6 +15,7 @@ from dlcli.config.listing import dataset_shapes
 from dlcli.config.schema import check_schema
 from dlcli.data import check_dataset_config
 from dlcli.engine import distributed
+from dlcli.engine.loop import batch_limit
 from dlcli.engine.optim import check_optimizer, check_scheduler
 from dlcli.engine.runtime import resolve_device
 from dlcli.models import families, family
@@ -32,6 +33,8 @@ def check_config(cfg: DictConfig) -> None:
     check_optimizer(cfg.optimizer)
     check_scheduler(cfg.scheduler)
     t = cfg.trainer
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "overfit_batches"):
+        batch_limit(t.get(key), 1, key)  # an integer count or a fraction in (0, 1]: before any data is read
     if "/" not in str(t.monitor) or str(t.monitor).split("/")[0] not in ("train", "val"):
         raise UserError(f"trainer.monitor={t.monitor}: name a logged metric as split/name, e.g. val/loss or val/acc")
     if t.mode not in MODES:

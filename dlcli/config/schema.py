@@ -87,6 +87,10 @@ SCHEMA: dict[str, Number] = {  # checked in this order: dataset.* first, as trai
     "trainer.epochs": Number(integer=True, low=1, high=100_000),
     "trainer.batch_size": Number(integer=True, low=1, words=("full",)),
     "trainer.eval_batch_size": POSITIVE_INT,
+    "trainer.limit_train_batches": Number(low=0, low_open=True, null=True),  # an integer count or a fraction: loop.py
+    "trainer.limit_val_batches": Number(low=0, low_open=True, null=True),
+    "trainer.limit_test_batches": Number(low=0, low_open=True, null=True),
+    "trainer.overfit_batches": Number(low=0, null=True),
     "trainer.max_time": Number(low=0, low_open=True, null=True),
     "trainer.clip_grad_norm": Number(low=0, low_open=True, null=True),
     "trainer.clip_grad_value": Number(low=0, low_open=True, null=True),
@@ -114,6 +118,7 @@ SCHEMA: dict[str, Number] = {  # checked in this order: dataset.* first, as trai
     "scheduler.pct_start": Number(low=0, high=1, low_open=True, high_open=True),
     "loss.label_smoothing": FRACTION,
     "model.dropout": FRACTION,
+    "model.convs_per_block": Number(integer=True, low=1, high=16),  # model=cnn
 }
 
 

@@ -102,6 +102,27 @@ def train_batch_size(tcfg: Any, task: Task, in_place: Any = None) -> int:
     return in_place.batch_size if in_place is not None else resolve_batch_size(tcfg.batch_size, task.size("train"))
 
 
+def batch_limit(limit: Any, n: int, key: str) -> int:
+    """How many of a split's n batches a pass runs: trainer.limit_*_batches as Lightning reads it, null: all; an
+    integer: that many (at most n); a fraction in (0, 1]: that share (at least one)."""
+    if limit is None:
+        return n
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0 or \
+            (isinstance(limit, float) and limit > 1):
+        raise UserError(f"trainer.{key}={limit}: a number of batches (an integer >= 1) or a fraction in (0, 1] "
+                        "(1.0 = all), or null")
+    return min(n, limit) if isinstance(limit, int) else max(1, int(n * limit))
+
+
+def train_batches(tcfg: Any, task: Task, batch_size: int) -> int:
+    """Training batches per epoch: trainer.overfit_batches (the same first N every epoch), else the split's batches
+    cut to trainer.limit_train_batches."""
+    n = task.num_batches("train", batch_size)
+    if tcfg.get("overfit_batches"):
+        return batch_limit(tcfg.overfit_batches, n, "overfit_batches")
+    return batch_limit(tcfg.get("limit_train_batches"), n, "limit_train_batches")
+
+
 def is_better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
     if best is None:
         return math.isfinite(value)
@@ -114,12 +135,14 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, task: Task, split: str, batch_size: int, runtime: Runtime) -> dict[str, float]:
+def evaluate_split(model: nn.Module, task: Task, split: str, batch_size: int, runtime: Runtime,
+                   limit: int | None = None) -> dict[str, float]:
+    """The split's metrics; limit: only its first `limit` batches (trainer.limit_val_batches...)."""
     was_training = model.training
     model.eval()
     total = None
     step = distributed.eval_step(model, task)  # task.step; under DDP on this rank's slice of each batch
-    for batch in task.batches(split, batch_size):
+    for batch in itertools.islice(task.batches(split, batch_size), limit):
         with runtime.autocast():
             _, stats = step(batch)
         total = add_stats(total, stats)
@@ -173,7 +196,8 @@ class _Loop:
         tcfg = training.tcfg
         self.epochs = int(tcfg.epochs)
         self.batch_size = train_batch_size(tcfg, training.task, training.in_place)
-        self.n_batches = training.task.num_batches("train", self.batch_size)
+        self.n_batches = train_batches(tcfg, training.task, self.batch_size)
+        self.overfit = bool(tcfg.get("overfit_batches"))  # the same first batches every epoch, validated on too
         self.monitor_split, self.monitor_name = str(tcfg.monitor).split("/", 1)
         self.scaler = training.runtime.grad_scaler()
         if self.scaler is not None and state.grad_scaler:
@@ -219,11 +243,12 @@ class _Loop:
         self.total = {k: v.to(t.task.device) for k, v in state.partial.items()} if state.partial else None
         state.partial = None
         self.losses, self.done = None, skip
-        seed = epoch_seed(int(t.tcfg.seed), epoch)  # the order depends on (seed, epoch) only: a resume replays it
+        # the order depends on (seed, epoch) only: a resume replays it (overfitting: the same batches every epoch)
+        seed = epoch_seed(int(t.tcfg.seed), 1 if self.overfit else epoch)
         batches = (t.in_place.batches(seed) if t.in_place is not None
-                   else t.task.batches("train", self.batch_size, shuffle=True, seed=seed))
+                   else t.task.batches("train", self.batch_size, shuffle=not self.overfit, seed=seed))
         with t.reporter.epoch_progress(epoch, self.epochs, self.n_batches) as advance:
-            for i, batch in enumerate(itertools.islice(batches, skip, None), start=skip):
+            for i, batch in enumerate(itertools.islice(batches, skip, self.n_batches), start=skip):
                 loss, stats, norms = self.train_step(batch)
                 if self.losses is None:  # the loss's own dtype and device: a float64 loss may exceed float32
                     self.losses = torch.zeros(self.n_batches, dtype=loss.dtype, device=loss.device)
@@ -317,7 +342,7 @@ class _Loop:
         t.logger.log(state.step, epoch, "train", {**train, "lr": current_lr(t.optimizer)})
         last = epoch == self.epochs or bool(stop_reason)
         if epoch % int(tcfg.eval_every) == 0 or last:
-            parts["val"] = evaluate_split(t.model, t.task, "val", int(tcfg.eval_batch_size), t.runtime)
+            parts["val"] = self.validate()
             t.logger.log(state.step, epoch, "val", parts["val"])
         note = self.track_best(epoch, parts)
         if t.scheduler is not None and t.interval == "epoch":
@@ -340,6 +365,16 @@ class _Loop:
                             "early_stopping": f"stopping early: {tcfg.monitor} has not improved for "
                                               f"{self.patience} evaluations"}[stop_reason])
         return stop_reason
+
+    def validate(self) -> dict[str, float]:
+        """val/ metrics: the val split (its first trainer.limit_val_batches), or with trainer.overfit_batches the
+        very batches trained on."""
+        t, tcfg = self.t, self.t.tcfg
+        if self.overfit:
+            return evaluate_split(t.model, t.task, "train", self.batch_size, t.runtime, limit=self.n_batches)
+        size = int(tcfg.eval_batch_size)
+        limit = batch_limit(tcfg.get("limit_val_batches"), t.task.num_batches("val", size), "limit_val_batches")
+        return evaluate_split(t.model, t.task, "val", size, t.runtime, limit=limit)
 
     def track_best(self, epoch: int, parts: dict[str, dict[str, float]]) -> str:
         """The monitored metric against the best so far (and a plateau scheduler); a note when it improved."""
