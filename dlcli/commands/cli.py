@@ -114,8 +114,11 @@ def sample(
     num: Optional[int] = typer.Option(None, "--num-samples", "-n",
                             help="How many test examples to show (default 10), or texts to generate (default 1)."),
     out: Optional[str] = typer.Option(None, "--out", "-o",
-                                      help="Image models: where to save the picture grid "
-                                           "(default: <run>/plots/samples.png)."),
+                                      help="Classifiers/regressors: write every prediction to this .csv or .jsonl "
+                                           "(- : standard output), one row per input with its id. Image models: "
+                                           "a .png is where the picture grid goes (default: <run>/plots/samples.png)."),
+    as_json: bool = typer.Option(False, "--json", help="Classifiers/regressors: the predictions as JSON Lines on "
+                                                       "standard output (or in --out)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Which test examples are drawn / the sampling seed."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Language models: the text to continue "
                                                                        "(default: a new line)."),
@@ -161,8 +164,8 @@ def sample(
         paths, overrides = _split_overrides(items)
         if len(paths) != 1:
             raise UserError(f"dl sample takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
-        given = {"--input": input_path, "--num-samples": num, "--out": out, "--seed": seed, "--prompt": prompt,
-                 "--prompt-file": prompt_file, "--max-new-tokens": max_new_tokens, "--temperature": temperature,
+        given = {"--input": input_path, "--num-samples": num, "--out": out, "--json": as_json or None,
+                 "--seed": seed, "--prompt": prompt, "--prompt-file": prompt_file, "--max-new-tokens": max_new_tokens, "--temperature": temperature,
                  "--top-k": top_k, "--top-p": top_p, "--beam": beam, "--length-penalty": length_penalty,
                  "--attention-plot": attention_plot, "--word": word, "--analogy": analogy, "--topn": topn}
         sample_cli(paths[0], overrides, {k: v for k, v in given.items() if v is not None})

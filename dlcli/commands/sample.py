@@ -10,11 +10,13 @@ from rich.table import Table
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
+from dlcli.commands import predictions
 from dlcli.commands.restore import restore, test_examples
 from dlcli.commands.sample_embeddings import sample_embeddings
 from dlcli.commands.sample_options import check_ranges, options_for
 from dlcli.commands.sample_seq2seq import sample_seq2seq
 from dlcli.commands.sample_text import sample_text
+from dlcli.data.image_folder import image_files
 from dlcli.data.images import load_image_files, pixel_stats
 from dlcli.data.tabular import encode_features, read_csv
 from dlcli.reports.plots import image_grid
@@ -47,19 +49,23 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
     else:
         x, true, labels = test_examples(r, num, seed)
     x = x.to(r.runtime.device)
-    with torch.no_grad():
-        out_t = r.model(x).float()
-    console = make_console()
+    out_t = predictions.predict(r.model, x, int(r.cfg.trainer.eval_batch_size))
     meta = r.ckpt["meta"]
+    if predictions.is_predictions_file(out, images=len(meta.get("input_shape", [])) == 3) or o.get("--json"):
+        written = predictions.write(out, bool(o.get("--json")), predictions.rows(kind, out_t, labels, meta, true))
+        if written is not None:
+            make_console(stderr=True).print(f"predictions: {written} ({len(labels)} rows)")
+        return
+    console = make_console()
     if kind == "classify":
-        probs = out_t.softmax(-1).cpu()
+        probs = out_t.softmax(-1)
         names = meta["class_names"]
         table = Table(title=f"{r.title}: predictions", title_justify="left")
         for col in ("input", *(["true"] if true is not None else []), "predicted", "probability", "runner-up"):
             table.add_column(col)
         for i, p in enumerate(probs):
             top = p.topk(min(2, len(p)))
-            cells = [labels[i]]
+            cells = [f"row {labels[i]}" if isinstance(labels[i], int) else labels[i]]
             if true is not None:
                 cells.append(names[int(true[i])])
             mark = "" if true is None else (" ✓" if int(top.indices[0]) == int(true[i]) else " ✗")
@@ -79,7 +85,7 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
         for col in ("input", *(["true"] if true is not None else []), "predicted"):
             table.add_column(col)
         for i in range(len(pred)):
-            cells = [labels[i]]
+            cells = [f"row {labels[i]}" if isinstance(labels[i], int) else labels[i]]
             if true is not None:
                 cells.append(", ".join(f"{v:.4g}" for v in true[i].tolist()))
             cells.append(", ".join(f"{v:.4g}" for v in pred[i].tolist()))
@@ -87,14 +93,16 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
         console.print(table)
 
 
-def _user_inputs(input_path: str, meta: dict) -> tuple[torch.Tensor, list[str]]:
-    if len(meta["input_shape"]) == 3:
-        files = [p for p in input_path.split(",") if p]
-        return load_image_files(files, meta), [Path(f).name for f in files]
+def _user_inputs(input_path: str, meta: dict) -> tuple[torch.Tensor, list[int] | list[str]]:
+    if len(meta["input_shape"]) == 3:  # image files, comma-separated, or a folder of them (all, sorted)
+        files = [str(p) for p in image_files(Path(input_path))] if Path(input_path).is_dir() else [p for p in input_path.split(",") if p]
+        if not files:
+            raise UserError(f"--input {input_path}: no image files in that folder (png, jpg, bmp, gif, webp)")
+        return load_image_files(files, meta), files
     if "preprocessing" in meta:
         header, rows = read_csv(input_path, what="--input")
         return encode_features(header, rows, meta["preprocessing"], f"--input {input_path}"), [
-            f"row {i + 1}" for i in range(len(rows))]
+            i + 1 for i in range(len(rows))]
 
     header, rows = read_csv(input_path, what="--input")
     want = meta.get("features") or header  # data from a function of the user's: the columns in order
@@ -109,7 +117,7 @@ def _user_inputs(input_path: str, meta: dict) -> tuple[torch.Tensor, list[str]]:
         x = torch.tensor([[float(r[header.index(f)]) for f in want] for r in rows])
     except ValueError:
         raise UserError(f"--input {input_path}: the columns {', '.join(want)} must be numbers") from None
-    return x, [f"row {i + 1}" for i in range(len(rows))]
+    return x, [i + 1 for i in range(len(rows))]  # data rows, 1-based: predictions join back on them
 
 
 def _save_grid(r: Any, x: torch.Tensor, probs: torch.Tensor, true: torch.Tensor | None, names: list[str],

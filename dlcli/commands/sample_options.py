@@ -18,7 +18,8 @@ NOT_EMBEDDING = {"classify", "regress", "tag", "lm", "seq2seq"}
 OPTIONS: dict[str, tuple[set[str], Number | None]] = {
     "--input": ({"classify", "regress", "seq2seq"}, None),
     "--num-samples": (NOT_EMBEDDING, Number(integer=True, low=1, high=10_000)),
-    "--out": ({"classify"}, None),
+    "--out": ({"classify", "regress"}, None),
+    "--json": ({"classify", "regress"}, None),
     "--seed": (NOT_EMBEDDING, Number(integer=True, low=0, high=2**32 - 1)),
     "--prompt": ({"lm"}, None),
     "--prompt-file": ({"lm"}, None),

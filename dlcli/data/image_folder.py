@@ -59,7 +59,7 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_in(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files under folder (subfolders too), by path; other files (.txt, .DS_Store) are not images: skipped."""
     found = []
     for parent, dirs, names in os.walk(folder):
@@ -71,7 +71,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 def _class_folders(folder: Path, shown: str) -> dict[str, list[Path]]:
     """{class name: its image files}; a class folder without images is an error. shown: how to name folder."""
-    classes = {d.name: _images_in(d) for d in _visible_dirs(folder)}
+    classes = {d.name: image_files(d) for d in _visible_dirs(folder)}
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise UserError(f"the class folder {shown}/{empty[0]} holds no image files "
@@ -116,7 +116,7 @@ def scan(path: str, known: list[str] | None = None) -> Listing:
 def _check_classes(path: str, root: Path, classes: list[str], known: list[str] | None) -> None:
     where = "train/ " if (root / "train").is_dir() else ""
     if not classes:
-        loose = len(_images_in(root))
+        loose = len(image_files(root))
         found = f"{loose} image files but no class subfolders" if loose else "no subfolders"
         raise UserError(f"dataset.path={path} {where}has {found}: put each class's images in a subfolder named "
                         f"after the class ({path}/cat/1.png, {path}/dog/2.png)")
