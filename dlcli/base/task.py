@@ -38,6 +38,7 @@ class Task:
     def __init__(self, splits: dict[str, tuple[Tensor, ...]], meta: dict[str, Any]):
         self.splits = splits
         self.meta = meta
+        self.warnings: list[str] = []  # what the data suggests to change (said once by dl train)
 
     def to(self, device: torch.device) -> Task:
         self.splits = {k: tuple(t.to(device) for t in v) for k, v in self.splits.items()}

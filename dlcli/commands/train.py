@@ -57,6 +57,8 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
                  f"precision {runtime.precision}")
     if task.loading:
         reporter.say(f"data: {task.loading}")
+    for warning in task.warnings:
+        reporter.warn(warning)
     if t.summary:
         reporter.table(*summary_table(model, task.example_input(), f"model: {model_name(cfg.model)}"))
     train_model = torch.compile(model) if t.compile else model
@@ -119,6 +121,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
                  "epoch": state.best_epoch},
         "final": final, "test": {f"test/{k}": v for k, v in test.items()},
         "params": params, "wall_time_s": round(wall, 3), "device": str(runtime.device), **breakdown,
+        "warnings": reporter.warnings,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if t.plots:

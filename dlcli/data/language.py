@@ -174,6 +174,15 @@ def _lm_task_from(tokens: TokenIds, cfg: Any, loss_cfg: Any, extra_meta: dict | 
     cuts = {"train": (0, train_n), "val": (train_n, train_n + val_n), "test": (train_n + val_n, n)}
     meta = {"kind": "lm", "vocab": tokens.vocab, "vocab_size": len(tokens.vocab), "level": _level(cfg),
             "unk": tokens.unk, "block_size": int(cfg.block_size), **(extra_meta or {})}
+    task = _make_lm_task(tokens, cuts, cfg, meta, loss_cfg, in_memory)
+    if tokens.once > 0.5 and len(tokens.vocab) > 1000 and int(cfg.get("min_freq", 1)) == 1:
+        task.warnings.append(f"{round(100 * tokens.once)}% of the {len(tokens.vocab):,} distinct {meta['level']} "
+                             "tokens occur once: the model sees each of them a single time; try dataset.min_freq=2 "
+                             "(rare ones become <unk>) or dataset.level=char")
+    return task
+
+
+def _make_lm_task(tokens: TokenIds, cuts: dict, cfg: Any, meta: dict, loss_cfg: Any, in_memory: bool) -> LMTask:
     if in_memory:
         streams = {k: torch.from_numpy(np.asarray(tokens.ids[a:b], dtype=np.int64)) for k, (a, b) in cuts.items()}
         return LMTask(streams, int(cfg.block_size), meta, loss_cfg)

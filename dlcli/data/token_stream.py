@@ -39,6 +39,7 @@ class TokenIds:
     unseen: list[str]  # tokens outside a given vocabulary that has no <unk> (then ids hold -1 for them)
     cache: Path | None = None  # the id file, when cached
     from_cache: bool = False  # read from an earlier run's cache
+    once: float = 0.0  # the share of distinct tokens seen once (0 when the vocabulary was given)
 
 
 def text_pieces(path: Path, what: str) -> Iterator[str]:
@@ -97,6 +98,10 @@ def vocabulary(counts: Counter, min_freq: int) -> list[str]:
     return vocab
 
 
+def share_once(counts: Counter) -> float:
+    return sum(1 for c in counts.values() if c == 1) / max(len(counts), 1)
+
+
 class Encoder:
     """Tokens -> ids by a vocabulary; tokens outside it get <unk>'s id, or -1 when it has none."""
 
@@ -128,10 +133,13 @@ class Encoder:
 
 def ids_of_text(text: str, level: str, min_freq: int, vocab: list[str] | None) -> TokenIds:
     """A text already in memory (tiny-shakespeare, the generated grammar)."""
-    vocab = vocab if vocab is not None else vocabulary(count([text], level), min_freq)
+    once = 0.0
+    if vocab is None:
+        counts = count([text], level)
+        vocab, once = vocabulary(counts, min_freq), share_once(counts)
     encoder = Encoder(vocab, level)
     ids = encoder(text)
-    return TokenIds(ids, vocab, encoder.unk, encoder.unseen(ids, [text]))
+    return TokenIds(ids, vocab, encoder.unk, encoder.unseen(ids, [text]), once=once)
 
 
 def ids_of_file(path: Path, level: str, min_freq: int, vocab: list[str] | None, cache: Path | None,
@@ -146,16 +154,19 @@ def ids_of_file(path: Path, level: str, min_freq: int, vocab: list[str] | None, 
         entry = cache / content_digest(path, FORMAT, level, min_freq, vocab)
         if (found := _read_entry(entry)) is not None:
             return found
-    vocab = vocab if vocab is not None else vocabulary(count(pieces(), level), min_freq)
+    once = 0.0
+    if vocab is None:
+        counts = count(pieces(), level)
+        vocab, once = vocabulary(counts, min_freq), share_once(counts)
     encoder = Encoder(vocab, level)
     if entry is not None:
         try:
-            return _write_entry(entry, pieces(), encoder, vocab)
+            return _write_entry(entry, pieces(), encoder, vocab, once)
         except OSError as e:
             say(f"{what}={path}: cannot write the token cache in {entry.parent} ({e.strerror}); tokenizing into "
                 "memory (set DL_CACHE_DIR or dataset.cache_dir to a writable folder)")
     ids = np.concatenate([encoder(p) for p in pieces()] or [np.zeros(0, np.int64)])
-    return TokenIds(ids, vocab, encoder.unk, encoder.unseen(ids, pieces()))
+    return TokenIds(ids, vocab, encoder.unk, encoder.unseen(ids, pieces()), once=once)
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -175,10 +186,11 @@ def _read_entry(entry: Path) -> TokenIds | None:
         return None  # not made yet, or half-written by a run that was stopped: made again
     if len(ids) != meta["n"]:
         return None
-    return TokenIds(ids, meta["vocab"], meta["unk"], meta["unseen"], entry.with_suffix(".ids"), True)
+    return TokenIds(ids, meta["vocab"], meta["unk"], meta["unseen"], entry.with_suffix(".ids"), True,
+                    meta.get("once", 0.0))
 
 
-def _write_entry(entry: Path, pieces: Iterable[str], encoder: Encoder, vocab: list[str]) -> TokenIds:
+def _write_entry(entry: Path, pieces: Iterable[str], encoder: Encoder, vocab: list[str], once: float) -> TokenIds:
     """ids into a temp file beside the entry, then renamed: a stopped run leaves no half entry behind."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     dtype, n, unseen = id_dtype(len(vocab)), 0, set()
@@ -197,7 +209,7 @@ def _write_entry(entry: Path, pieces: Iterable[str], encoder: Encoder, vocab: li
         Path(tmp).unlink(missing_ok=True)
         raise
     meta = {"format": FORMAT, "n": n, "dtype": dtype.name, "vocab": vocab, "unk": encoder.unk,
-            "unseen": sorted(unseen)}
+            "unseen": sorted(unseen), "once": once}
     entry.with_suffix(".json").write_text(json.dumps(meta))  # last: its presence says the ids are whole
     found = _read_entry(entry)
     assert found is not None

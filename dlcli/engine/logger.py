@@ -107,11 +107,23 @@ class Reporter:
         self.console = console
         self.enabled = enabled
         self.live = console.is_terminal
+        self.warnings: list[str] = []  # what warn() said, for summary.json
+        self._warned: set[str] = set()
 
     def say(self, message: str) -> None:
         log.info(message)
         if self.enabled:
             self.console.print(message, highlight=False)
+
+    def warn(self, message: str, key: str | None = None) -> None:
+        """A hint that may save the run: one line, said once per key (default: the message)."""
+        if (key or message) in self._warned:
+            return
+        self._warned.add(key or message)
+        self.warnings.append(message)
+        log.warning(message)
+        if self.enabled:
+            self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
 
     @contextlib.contextmanager
     def epoch_progress(self, epoch: int, epochs: int, batches: int) -> Iterator[Callable[[], None]]:

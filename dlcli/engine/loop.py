@@ -198,6 +198,7 @@ class _Loop:
         self.batch_size = train_batch_size(tcfg, training.task, training.in_place)
         self.n_batches = train_batches(tcfg, training.task, self.batch_size)
         self.overfit = bool(tcfg.get("overfit_batches"))  # the same first batches every epoch, validated on too
+        self.history: list[tuple[float, float]] = []  # (train loss, val loss) per evaluation, for advise()
         self.monitor_split, self.monitor_name = str(tcfg.monitor).split("/", 1)
         self.scaler = training.runtime.grad_scaler()
         if self.scaler is not None and state.grad_scaler:
@@ -344,6 +345,7 @@ class _Loop:
         if epoch % int(tcfg.eval_every) == 0 or last:
             parts["val"] = self.validate()
             t.logger.log(state.step, epoch, "val", parts["val"])
+        self.advise(epoch, parts, stop_reason)
         note = self.track_best(epoch, parts)
         if t.scheduler is not None and t.interval == "epoch":
             t.scheduler.step()
@@ -365,6 +367,30 @@ class _Loop:
                             "early_stopping": f"stopping early: {tcfg.monitor} has not improved for "
                                               f"{self.patience} evaluations"}[stop_reason])
         return stop_reason
+
+    def advise(self, epoch: int, parts: dict[str, dict[str, float]], stop_reason: str) -> None:
+        """Warnings that save a run, each said once: a loss that did not fall in epoch 1, a time budget that ended
+        epoch 1, val loss rising while train loss falls."""
+        warn, lr = self.t.reporter.warn, current_lr(self.t.optimizer)
+        if epoch == 1 and self.losses is not None and self.done >= 20 and self.done == self.n_batches:
+            tenth = max(self.done // 10, 2)
+            first = float(self.losses[:tenth].float().mean())
+            last = float(self.losses[self.done - tenth:self.done].float().mean())
+            if math.isfinite(first) and not last < first * 0.98:
+                warn(f"the training loss did not fall during epoch 1 ({first:.4g} -> {last:.4g}); try another "
+                     f"optimizer.lr (now {lr:.3g}): ~10x lower if it rose, 3-10x higher if it stayed flat", "flat")
+        if stop_reason == "max_time" and epoch == 1 and self.done < self.n_batches:
+            warn(f"trainer.max_time={self.t.tcfg.max_time} ended the run {self.done} of {self.n_batches} batches into "
+                 f"epoch 1 of {self.epochs}: a learning-rate schedule planned for {self.epochs} epochs did not get "
+                 "far; give more time, fewer trainer.epochs or a trainer.limit_train_batches", "budget")
+        if "val" in parts:
+            self.history.append((parts["train"]["loss"], parts["val"]["loss"]))
+        h = self.history
+        best = min(range(len(h)), key=lambda i: h[i][1]) if h else 0
+        if len(h) - 1 - best >= 3 and h[-1][1] > 1.05 * h[best][1] and h[-1][0] < h[best][0]:
+            warn(f"val/loss has risen for {len(h) - 1 - best} evaluations ({h[best][1]:.4g} -> {h[-1][1]:.4g}) while "
+                 "train/loss fell: the model is overfitting; try model.dropout, trainer.early_stopping_patience=3 "
+                 "(best.pt keeps the best epoch) or a smaller model", "overfitting")
 
     def validate(self) -> dict[str, float]:
         """val/ metrics: the val split (its first trainer.limit_val_batches), or with trainer.overfit_batches the

@@ -35,7 +35,8 @@ RUN_FIELDS = {"status": str, "command": str, "started": str, "ended": str, "mode
               "seed": int, "device": str, "versions": dict, "host": str, "pid": int, "resumed": list, "error": str,
               "wall_time_s": NUMBER}
 SUMMARY_FIELDS = {"model": str, "dataset": str, "kind": str, "epochs": int, "steps": int, "stopped_by": str,
-                  "best": dict, "final": dict, "test": dict, "params": int, "wall_time_s": NUMBER, "device": str}
+                  "best": dict, "final": dict, "test": dict, "params": int, "wall_time_s": NUMBER, "device": str,
+                  "warnings": list}
 BEST_FIELDS = {"metric": str, "mode": str, "value": NUMBER, "epoch": int}
 
 
