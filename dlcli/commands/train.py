@@ -29,9 +29,9 @@ from dlcli.engine import distributed
 from dlcli.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from dlcli.engine.in_place import choose_in_place
 from dlcli.engine.logger import MetricsLogger, Reporter, SilentLogger
-from dlcli.engine.loop import (Diverged, Interrupted, LoopState, StopRequest, Training, batch_limit, evaluate_split,
-                               fit, train_batch_size, train_batches)
-from dlcli.engine.optim import build_optimizer, build_scheduler
+from dlcli.engine.loop import (Diverged, Interrupted, LoopState, StopRequest, Training, batch_limit, epoch_cap,
+                               evaluate_split, fit, train_batch_size, train_batches)
+from dlcli.engine.optim import Plan, build_optimizer, build_scheduler
 from dlcli.engine.resume import recorded_sources
 from dlcli.engine.run_dir import HELD_BY_PARENT, acquire, promote_staged
 from dlcli.engine.runtime import resolve_device, rng_state, set_rng_state, setup
@@ -70,8 +70,8 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
         reporter.say(f"training: word2vec's own SGD, pair by pair, in C++ on {torch.get_num_threads()} thread(s); "
                      f"steps of dataset.cpu_batch_size={batch_size} words")
     distributed.check_batch_size(batch_size)  # the global batch: each of N processes needs a row
-    total_steps = train_batches(t, task, batch_size) * int(t.epochs)
-    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, total_steps, t.mode)
+    plan = Plan(train_batches(t, task, batch_size) * epoch_cap(t))  # trainer.max_time replans it (loop.py)
+    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, plan.total, t.mode, plan)
 
     config_yaml = OmegaConf.to_yaml(cfg)
     ckpt_dir = run_dir / "checkpoints"
@@ -92,7 +92,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     clock = time.perf_counter()
     try:
         stopped_by = fit(Training(train_model, task, optimizer, scheduler, interval, runtime, t, logger, reporter, save,
-                                  in_place), state, stop)
+                                  in_place, plan), state, stop)
         # Test with the best weights (what best.pt holds, so `dl eval best.pt` reproduces it).
         best_path = ckpt_dir / "best.pt"
         if distributed.is_main() and best_path.exists():

@@ -33,6 +33,9 @@ def check_config(cfg: DictConfig) -> None:
     check_optimizer(cfg.optimizer)
     check_scheduler(cfg.scheduler)
     t = cfg.trainer
+    if str(t.epochs) == "auto" and not t.max_time:
+        raise UserError("trainer.epochs=auto trains for as long as a time budget allows: give one, e.g. "
+                        "trainer.max_time=600 (seconds)")
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "overfit_batches"):
         batch_limit(t.get(key), 1, key)  # an integer count or a fraction in (0, 1]: before any data is read
     if "/" not in str(t.monitor) or str(t.monitor).split("/")[0] not in ("train", "val"):

@@ -83,8 +83,8 @@ SCHEMA: dict[str, Number] = {  # checked in this order: dataset.* first, as trai
     "dataset.block_size": POSITIVE_INT,
     "dataset.batch_size": Number(integer=True, low=1, words=("full",)),
     "dataset.epochs": Number(integer=True, low=1, high=100_000),
-    "dataset.augment.crop_padding": Number(integer=True, low=0, high=1024),  # dataset=image_folder
-    "trainer.epochs": Number(integer=True, low=1, high=100_000),
+    "dataset.augment.crop_padding": Number(integer=True, low=0, high=1024),  # dataset=image_folder, cifar10
+    "trainer.epochs": Number(integer=True, low=1, high=100_000, words=("auto",)),  # auto: trainer.max_time decides
     "trainer.batch_size": Number(integer=True, low=1, words=("full",)),
     "trainer.eval_batch_size": POSITIVE_INT,
     "trainer.limit_train_batches": Number(low=0, low_open=True, null=True),  # an integer count or a fraction: loop.py

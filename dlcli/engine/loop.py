@@ -22,6 +22,7 @@ from dlcli.base.task import InPlaceTrainer, Task, add_stats
 from dlcli.engine import distributed
 from dlcli.engine.grad_norms import GradNorms
 from dlcli.engine.logger import MetricsLogger, Reporter
+from dlcli.engine.optim import Plan, follow_plan
 from dlcli.engine.runtime import Runtime
 
 
@@ -38,6 +39,7 @@ class LoopState:
     batch: int = 0                  # batches of epoch `epoch + 1` already done (a checkpoint saved mid-epoch)
     partial: dict | None = None     # that epoch's summed stats so far (CPU tensors: dtypes kept, resume exact)
     grad_scaler: dict | None = None  # fp16: the GradScaler's scale and growth tracker, so a resume scales as before
+    planned_steps: int | None = None  # trainer.max_time: the steps the budget allows, planned once (a resume keeps it)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +102,13 @@ def train_batch_size(tcfg: Any, task: Task, in_place: Any = None) -> int:
     """Rows per training step: the in-place trainer's own size (word2vec on the CPU: corpus words), else
     trainer.batch_size."""
     return in_place.batch_size if in_place is not None else resolve_batch_size(tcfg.batch_size, task.size("train"))
+
+
+AUTO_EPOCHS = 100_000  # trainer.epochs=auto: as many as trainer.max_time allows (the budget stops the run)
+
+
+def epoch_cap(tcfg: Any) -> int:
+    return AUTO_EPOCHS if str(tcfg.epochs) == "auto" else int(tcfg.epochs)
 
 
 def batch_limit(limit: Any, n: int, key: str) -> int:
@@ -172,6 +181,7 @@ class Training:
     reporter: Reporter
     save: Callable[[str, LoopState], None]     # save("best" | "last", state)
     in_place: InPlaceTrainer | None = None     # engine/in_place.py: a trainer that steps the model itself
+    plan: Plan | None = None                   # the steps the schedule spans; trainer.max_time replans it once
 
 
 def fit(training: Training, state: LoopState, stop: StopRequest | None = None) -> str:
@@ -194,11 +204,16 @@ class _Loop:
     def __init__(self, training: Training, state: LoopState, stop: StopRequest):
         self.t, self.state, self.stop = training, state, stop
         tcfg = training.tcfg
-        self.epochs = int(tcfg.epochs)
+        self.epochs = epoch_cap(tcfg)
         self.batch_size = train_batch_size(tcfg, training.task, training.in_place)
         self.n_batches = train_batches(tcfg, training.task, self.batch_size)
         self.overfit = bool(tcfg.get("overfit_batches"))  # the same first batches every epoch, validated on too
         self.history: list[tuple[float, float]] = []  # (train loss, val loss) per evaluation, for advise()
+        self.plan = training.plan or Plan(self.n_batches * self.epochs)
+        if state.planned_steps is not None:  # a resume: the budget's plan as it was made
+            self.plan.total = state.planned_steps
+        self.followed = state.planned_steps is not None  # the schedule ends with the budget's plan
+        self.calibrated_from: tuple[float, int] | None = None  # (time, step) after this run's first step
         self.monitor_split, self.monitor_name = str(tcfg.monitor).split("/", 1)
         self.scaler = training.runtime.grad_scaler()
         if self.scaler is not None and state.grad_scaler:
@@ -248,7 +263,7 @@ class _Loop:
         seed = epoch_seed(int(t.tcfg.seed), 1 if self.overfit else epoch)
         batches = (t.in_place.batches(seed) if t.in_place is not None
                    else t.task.batches("train", self.batch_size, shuffle=not self.overfit, seed=seed))
-        with t.reporter.epoch_progress(epoch, self.epochs, self.n_batches) as advance:
+        with t.reporter.epoch_progress(epoch, self.shown_epochs(), self.n_batches) as advance:
             for i, batch in enumerate(itertools.islice(batches, skip, self.n_batches), start=skip):
                 loss, stats, norms = self.train_step(batch)
                 if self.losses is None:  # the loss's own dtype and device: a float64 loss may exceed float32
@@ -310,8 +325,13 @@ class _Loop:
         """A signal: save last.pt mid-epoch and raise Interrupted. Returns whether trainer.max_time ran out. One
         answer on every rank (a no-op on one process): each rank stops at the same step."""
         state = self.state
-        signum, out_of_time = distributed.agree(self.stop.signum, bool(self.max_time)
-                                                and time.perf_counter() - self.start > self.max_time)
+        if self.max_time and state.planned_steps is None:
+            self.plan_budget()
+        # planned: the plan ends the run (a resume stops at the same step); the clock only past 25% over budget
+        limit = self.max_time * (1.25 if state.planned_steps is not None else 1.0) if self.max_time else None
+        signum, out_of_time = distributed.agree(self.stop.signum, bool(limit)
+                                                and time.perf_counter() - self.start > limit)
+        out_of_time = out_of_time or (state.planned_steps is not None and state.step >= state.planned_steps)
         if signum is not None:
             if not distributed.all_true(bool(torch.isfinite(self.losses[:i + 1]).all())):  # never save diverged
                 self.diverged(epoch, i + 1)
@@ -322,6 +342,39 @@ class _Loop:
             self.stop.stopping = True
             raise Interrupted(signum)
         return out_of_time
+
+    def shown_epochs(self) -> int:
+        """The epochs the run will take, as far as known (trainer.epochs=auto: from the budget's plan)."""
+        planned = self.state.planned_steps
+        return min(self.epochs, -(-planned // self.n_batches)) if planned else self.epochs
+
+    def plan_budget(self) -> None:
+        """trainer.max_time: once 5% of the budget (and 10 steps) have run, turn the time left into a number of steps
+        at the speed measured, less an estimate of the evaluations still to come; the schedule then ends with them.
+        Made once and saved, so a resume stops at the same step."""
+        state, now = self.state, time.perf_counter()
+        if self.calibrated_from is None:  # the first step of this run pays for warm-up: timed from its end
+            self.calibrated_from = (now, state.step)
+            return
+        t0, s0 = self.calibrated_from
+        elapsed = now - self.start
+        if state.step - s0 < 10 or elapsed < 0.05 * self.max_time:
+            return
+        rate = (state.step - s0) / max(now - t0, 1e-9)  # steps per second
+        left = self.max_time - elapsed
+        task, every = self.t.task, int(self.t.tcfg.eval_every)
+        evals = 1 + (state.step + int(left * rate)) // (self.n_batches * every) - state.epoch // every
+        # a forward pass costs about a third of a training step, per example
+        reserve = (evals * task.size("val") + task.size("test")) / (rate * self.batch_size) / 3
+        planned = min(self.plan.total, state.step + max(1, int((left - reserve) * rate)))
+        planned = int(distributed.broadcast_text(str(planned)))  # rank 0's timing decides for every rank
+        state.planned_steps = self.plan.total = planned
+        self.followed = follow_plan(self.t.scheduler, self.plan)
+        schedule = "the learning-rate schedule ends with them" if self.followed else \
+            "the learning-rate schedule keeps its own course (warmup_cosine, cosine, linear and noam follow a budget)"
+        self.t.reporter.say(f"time budget: trainer.max_time={self.t.tcfg.max_time}s plans {planned:,} steps in all "
+                            f"({planned / self.n_batches:.2f} epochs at {rate:.1f} steps/s), ~{reserve:.0f}s kept "
+                            f"for evaluation; {schedule}")
 
     def diverged(self, epoch: int, done: int) -> None:
         _diverged(self.losses[:done], self.state.step, epoch, self.n_batches, self.t.optimizer, self.t.tcfg,
@@ -357,12 +410,15 @@ class _Loop:
         signum = distributed.agree(self.stop.signum)[0]
         if epoch % int(tcfg.checkpoint_every) == 0 or last or stop_reason or signum is not None:
             self.checkpoint("last")
-        t.reporter.epoch_line(epoch, self.epochs, parts, seconds, note)
+        t.reporter.epoch_line(epoch, self.shown_epochs(), parts, seconds, note)
         signum = distributed.agree(self.stop.signum)[0]
         if signum is not None:  # the signal came during the epoch's evaluation or saving
             self.stop.stopping = True
             raise Interrupted(signum)
-        if stop_reason:
+        if stop_reason == "max_time" and state.planned_steps is not None and state.step >= state.planned_steps:
+            t.reporter.say(f"stopping: the {state.planned_steps:,} steps trainer.max_time={tcfg.max_time}s planned "
+                           "are done")
+        elif stop_reason:
             t.reporter.say({"max_time": f"stopping: trainer.max_time={tcfg.max_time}s reached",
                             "early_stopping": f"stopping early: {tcfg.monitor} has not improved for "
                                               f"{self.patience} evaluations"}[stop_reason])
@@ -372,14 +428,17 @@ class _Loop:
         """Warnings that save a run, each said once: a loss that did not fall in epoch 1, a time budget that ended
         epoch 1, val loss rising while train loss falls."""
         warn, lr = self.t.reporter.warn, current_lr(self.t.optimizer)
-        if epoch == 1 and self.losses is not None and self.done >= 20 and self.done == self.n_batches:
+        group = self.t.optimizer.param_groups[0]
+        warming_up = lr < 0.5 * group.get("initial_lr", lr)  # a schedule's warm-up: the loss may well stay flat
+        if epoch == 1 and self.losses is not None and self.done >= 20 and self.done == self.n_batches and \
+                not warming_up:
             tenth = max(self.done // 10, 2)
             first = float(self.losses[:tenth].float().mean())
             last = float(self.losses[self.done - tenth:self.done].float().mean())
             if math.isfinite(first) and not last < first * 0.98:
                 warn(f"the training loss did not fall during epoch 1 ({first:.4g} -> {last:.4g}); try another "
                      f"optimizer.lr (now {lr:.3g}): ~10x lower if it rose, 3-10x higher if it stayed flat", "flat")
-        if stop_reason == "max_time" and epoch == 1 and self.done < self.n_batches:
+        if stop_reason == "max_time" and epoch == 1 and self.done < self.n_batches and not self.followed:
             warn(f"trainer.max_time={self.t.tcfg.max_time} ended the run {self.done} of {self.n_batches} batches into "
                  f"epoch 1 of {self.epochs}: a learning-rate schedule planned for {self.epochs} epochs did not get "
                  "far; give more time, fewer trainer.epochs or a trainer.limit_train_batches", "budget")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,15 +52,25 @@ def build_optimizer(cfg: Any, model: nn.Module, device: torch.device) -> torch.o
     return cls(groups, lr=lr, betas=tuple(float(b) for b in cfg.betas), eps=float(cfg.eps), **fast)
 
 
-def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int, mode: str) -> tuple[Any, str]:
+@dataclass
+class Plan:
+    """The optimizer steps the run will take: trainer.epochs' batches, until a time budget (trainer.max_time)
+    replans it once (engine/loop.py). Step-wise schedules read it as they go, so they end at their floor."""
+
+    total: int
+
+
+def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int, mode: str,
+                    plan: Plan | None = None) -> tuple[Any, str]:
     """Returns (scheduler or None, interval): interval is 'step', 'epoch' or 'eval' (plateau: after each val)."""
+    plan = plan or Plan(total_steps)
     name = cfg.name
     if name == "none":
         return None, "step"
     if name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, int(cfg.step_size), float(cfg.gamma)), "epoch"
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(total_steps, 1),
+    if name == "cosine":  # a replan sets T_max (follow_plan): the closed form still ends at eta_min
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(plan.total, 1),
                                                           eta_min=float(cfg.min_lr)), "step"
     if name == "linear":  # word2vec: from start_lr (model.alpha) down to min_lr (model.min_alpha) over all steps
         if cfg.get("start_lr") is not None:
@@ -68,31 +79,42 @@ def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int
         base = optimizer.param_groups[0]["lr"]
         drop = 1 - float(cfg.min_lr) / base if base > 0 else 0.0
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 1 - drop * min(step / max(total_steps, 1), 1.0)), "step"
+            optimizer, lambda step: 1 - drop * min(step / max(plan.total, 1), 1.0)), "step"
     if name == "warmup_cosine":
         warm = float(cfg.warmup)
-        warm_steps = int(warm * total_steps) if warm < 1 else int(warm)
         base = optimizer.param_groups[0]["lr"]
         floor = float(cfg.min_lr) / base if base > 0 else 0.0
 
         def factor(step: int) -> float:
+            warm_steps = int(warm * plan.total) if warm < 1 else int(warm)
             if step < warm_steps:
                 return (step + 1) / (warm_steps + 1)
-            progress = min((step - warm_steps) / max(total_steps - warm_steps, 1), 1.0)
+            progress = min((step - warm_steps) / max(plan.total - warm_steps, 1), 1.0)
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step"
     if name == "noam":  # "Attention is all you need": linear warm-up, then lr ∝ 1/sqrt(step); peak = optimizer.lr
         warm = float(cfg.warmup)
-        warm_steps = max(int(warm * total_steps) if warm < 1 else int(warm), 1)
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min((step + 1) / warm_steps, math.sqrt(warm_steps / (step + 1)))), "step"
+
+        def noam(step: int) -> float:
+            warm_steps = max(int(warm * plan.total) if warm < 1 else int(warm), 1)
+            return min((step + 1) / warm_steps, math.sqrt(warm_steps / (step + 1)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, noam), "step"
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                   total_steps=max(total_steps, 2),
+                                                   total_steps=max(plan.total, 2),
                                                    pct_start=float(cfg.pct_start)), "step"
     if name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=float(cfg.factor),
                                                           patience=int(cfg.patience),
                                                           min_lr=float(cfg.min_lr)), "eval"
     raise UserError(f"scheduler.name={name}: no such scheduler{choices(name, SCHEDULERS)}")
+
+
+def follow_plan(scheduler: Any, plan: Plan) -> bool:
+    """After a replan: whether the schedule now ends with the plan (LambdaLR ones read it as they go; cosine's T_max
+    is set). One-cycle, step and plateau schedules keep their own course."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        scheduler.T_max = max(plan.total, 1)
+    return isinstance(scheduler, (torch.optim.lr_scheduler.LambdaLR, torch.optim.lr_scheduler.CosineAnnealingLR))

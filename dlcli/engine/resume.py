@@ -112,8 +112,8 @@ def check_resumable(ckpt_path: Path, cfg: object) -> None:
         raise UserError(f"trainer.resume: {run_dir} is still being trained ({live}); wait for it to end, or stop "
                         "it first (Ctrl-C saves checkpoints/last.pt), then resume (nothing was changed)")
     ckpt = load_checkpoint(ckpt_path)
-    done, want = int(ckpt["epoch"]), int(cfg.trainer.epochs)  # type: ignore[attr-defined]
-    if done >= want and _status(run_dir) == "completed":
+    done, want = int(ckpt["epoch"]), cfg.trainer.epochs  # type: ignore[attr-defined]
+    if str(want) != "auto" and done >= int(want) and _status(run_dir) == "completed":
         raise UserError(f"trainer.resume: {run_dir.name} already finished {done} of "
                         f"trainer.epochs={want}; to train longer add trainer.epochs={done + 10} (say)")
     stored = config_of(ckpt)
