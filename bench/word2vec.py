@@ -10,6 +10,7 @@ with the same code (dlcli.data.word_vectors; 3CosAdd over the 300k most frequent
     python -m bench.word2vec --model cbow --epochs 5
     python -m bench.word2vec --corpus text8               # needs $DL_DATA_DIR/text8/text8 (or downloads it)
     python -m bench word2vec [--quick]                    # in the suite: the first 3M (quick: 1M) words of gutenberg
+    python -m bench word2vec --device cuda --quick        # dlcli's batched path on the GPU (fp32), gensim on the CPU
 Needs the bench extra: pip install -e ".[bench]" (gensim).
 """
 
@@ -30,9 +31,9 @@ from bench import common
 from bench.common import Context, Result
 
 
-def compose(model: str, corpus: str, epochs: int, extra: list[str]):
+def compose(model: str, corpus: str, epochs: int, extra: list[str], device: str = "cpu"):
     data = f"dataset={corpus}" if corpus in ("gutenberg", "text8", "relations") else "dataset=corpus"
-    overrides = [f"model={model}", data, f"trainer.epochs={epochs}", "device=cpu", *extra]
+    overrides = [f"model={model}", data, f"trainer.epochs={epochs}", f"device={device}", *extra]
     if data == "dataset=corpus":
         overrides.append(f"dataset.path={corpus}")
     return common.compose(overrides)
@@ -68,7 +69,7 @@ def run_dlcli(cfg, task) -> tuple[float, torch.Tensor]:
     from dlcli.models import build_model
 
     runtime = setup(cfg)
-    model = build_model(cfg.model, task.meta)
+    model = build_model(cfg.model, task.meta).to(runtime.device)
     optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
     # as dl train decides it (on the CPU: the C++ trainer, built or loaded from torch's cache before the clock starts)
     in_place = choose_in_place(task, model, optimizer, cfg.trainer, runtime)
@@ -78,13 +79,15 @@ def run_dlcli(cfg, task) -> tuple[float, torch.Tensor]:
     task.questions, task.similarity, task.show = [], [], False  # evaluation is timed apart
     with tempfile.TemporaryDirectory() as tmp:
         logger = MetricsLogger(Path(tmp))
+        common.sync(runtime.device)
         start = time.perf_counter()
         fit(Training(model, task, optimizer, scheduler, interval, runtime, cfg.trainer, logger,
                      Reporter(make_console(), enabled=False), lambda which, state: None, in_place), LoopState())
+        common.sync(runtime.device)
         seconds = time.perf_counter() - start
         logger.close()
     task.questions, task.similarity, task.show = saved
-    return seconds, model.vectors().clone()
+    return seconds, model.vectors().cpu().clone()
 
 
 def run_gensim(cfg, sentences: list[list[str]], vocab: list[str], workers: int,
@@ -106,9 +109,9 @@ def run_gensim(cfg, sentences: list[list[str]], vocab: list[str], workers: int,
 
 
 def compare(corpus: str, model: str, epochs: int, workers: int, repeat: int, only: str | None = None,
-            overrides: list[str] | None = None) -> tuple[list[dict], dict]:
-    """gensim and dlcli, alternating, `repeat` times each on the same tokens; prints a line per run.
-    Returns (rows, corpus facts)."""
+            overrides: list[str] | None = None, device: str = "cpu") -> tuple[list[dict], dict]:
+    """gensim and dlcli (on `device`; gensim always on the CPU), alternating, `repeat` times each on the same tokens;
+    prints a line per run. Returns (rows, corpus facts)."""
     import gensim
 
     from dlcli.data import build_task
@@ -117,18 +120,21 @@ def compare(corpus: str, model: str, epochs: int, workers: int, repeat: int, onl
     test_data = Path(gensim.__file__).parent / "test" / "test_data"
     questions = read_analogies(test_data / "questions-words.txt")
     pairs = read_similarity(test_data / "wordsim353.tsv")
-    cfg = compose(model, corpus, epochs, overrides or [])
+    cfg = compose(model, corpus, epochs, overrides or [], device)
     t = time.perf_counter()
     task = build_task(cfg.dataset, cfg.loss, torch.device("cpu"))
     facts = {"corpus": corpus, "train_words": task.meta["train_words"], "vocab": task.meta["vocab_size"],
              "model": model, "epochs": epochs, "vector_size": int(cfg.model.vector_size),
              "window": int(cfg.model.window), "negative": int(cfg.model.negative), "hs": int(cfg.model.get("hs", 0)), "sample": float(cfg.model.sample),
-             "min_count": int(cfg.model.min_count)}
+             "min_count": int(cfg.model.min_count), "device": device,
+             "precision": str(cfg.trainer.precision)}
     print(f"corpus {corpus}: {task.meta['train_words']:,} training words, vocabulary "
           f"{task.meta['vocab_size']:,} (read in {time.perf_counter() - t:.1f}s); {model}, "
           f"{epochs} epoch(s), vector_size {cfg.model.vector_size}, window {cfg.model.window}, negative "
           f"{cfg.model.negative}, hs {cfg.model.get('hs', 0)}, sample {cfg.model.sample}, min_count {cfg.model.min_count}")
     sentences = sentences_of(task)
+    if device != "cpu":  # dlcli's side trains there (gensim has the sentences already)
+        task.to(torch.device(device))
     vocab = task.meta["vocab"]
     words = task.meta["train_words"] * epochs
     rows = []
@@ -138,7 +144,7 @@ def compare(corpus: str, model: str, epochs: int, workers: int, repeat: int, onl
                 continue
             if tool == "dlcli":
                 seconds, vectors = run_dlcli(cfg, task)
-                threads = torch.get_num_threads()
+                threads = torch.get_num_threads() if device == "cpu" else device
             else:
                 seconds, vectors = run_gensim(cfg, sentences, vocab, workers, seed=r)
                 threads = workers
@@ -177,7 +183,8 @@ def run(ctx: Context, names: list[str] | None = None) -> list[Result]:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = str(corpus_slice(words, Path(tmp) / "gutenberg_slice.txt"))
         for model in names or ["skipgram"]:
-            rows, facts = compare(corpus, model, 1, os.cpu_count() or 2, 1 if ctx.quick else 2)
+            rows, facts = compare(corpus, model, 1, os.cpu_count() or 2, 1 if ctx.quick else 2,
+                                  device=ctx.device.type)
             by = {t: [x for x in rows if x["tool"] == t] for t in ("dlcli", "gensim")}
             dl = statistics.median(x["words_per_s"] for x in by["dlcli"])
             gs = statistics.median(x["words_per_s"] for x in by["gensim"])
@@ -185,7 +192,8 @@ def run(ctx: Context, names: list[str] | None = None) -> list[Result]:
             facts["corpus"] = f"gutenberg, first {words / 1e6:g}M words"
             results.append(Result(
                 case=f"word2vec/{model}", metric="words/s", dl=dl, baseline=gs,
-                baseline_name=f"gensim {by['gensim'][0]['threads']} threads (dl {by['dlcli'][0]['threads']})",
+                baseline_name=f"gensim {by['gensim'][0]['threads']} threads (dl {by['dlcli'][0]['threads']}"
+                              + (" threads)" if ctx.device.type == "cpu" else ")"),
                 ratio=dl / gs, ratio_name="dl / gensim words/s", goal="report (parity is the aim)",
                 details={**facts, "rows": rows,
                          "analogy_dl_minus_gensim": mean["dlcli"]["analogy"] - mean["gensim"]["analogy"],

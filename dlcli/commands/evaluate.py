@@ -23,6 +23,8 @@ def evaluate_cli(paths: list[str], overrides: list[str], split: str = "test", as
     for path in paths:
         r = restore(path, overrides)
         task = restore_task(r)
+        if as_json and hasattr(task, "show"):  # word vectors' example analogies: stdout holds the JSON only
+            task.show = False
         metrics = evaluate_split(r.model, task, split, int(r.cfg.trainer.eval_batch_size), r.runtime)
         if split == "test":  # as at the end of training (e.g. the grammatical share of sampled sentences)
             metrics.update(task.final_metrics(r.model))

@@ -52,11 +52,18 @@ def resolve_device(device_cfg: Any) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware on this GPU (Ampere and later): torch also says yes where it is only emulated (V100, T4),
+    where bf16 autocast would be slower than fp32."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise UserError(f"trainer.precision={precision}: choose one of: {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cuda" and native_bf16(device) else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise UserError(f"trainer.precision=fp16 needs a CUDA device (this run is on {device.type}); "
                         "use fp32 or bf16")

@@ -62,7 +62,14 @@ class Word2Vec(nn.Module):
 
     def loss(self, centers: Tensor, contexts: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
         """(summed loss — negative sampling and/or hierarchical softmax —, number of training pairs: skip-gram
-        (center, context) pairs, cbow centers). Only centers with at least one context word train."""
+        (center, context) pairs, cbow centers). Only centers with at least one context word train.
+
+        Always in fp32, autocast or not (bf16 by default on a GPU): the tables and their sparse updates are fp32,
+        and NegativeSampling's own backward multiplies what its forward saved, which autocast would make bf16."""
+        with torch.autocast(device_type=centers.device.type, enabled=False):
+            return self._loss(centers, contexts, negatives)
+
+    def _loss(self, centers: Tensor, contexts: Tensor, negatives: Tensor) -> tuple[Tensor, Tensor]:
         if self.objective == "skipgram":  # the center's vector predicts each of its context words
             inputs, targets = centers[:, None], contexts
         else:  # cbow: the mean of the context vectors predicts the center
