@@ -17,7 +17,7 @@ from dlcli.base.task import Task
 from dlcli.config.schema import check_schema
 from dlcli.data import build_task
 from dlcli.engine.checkpoint import config_of, load_checkpoint, resolve_path
-from dlcli.engine.runtime import Runtime, resolve_device, resolve_precision
+from dlcli.engine.runtime import Runtime, configure_backends, resolve_device, resolve_precision
 from dlcli.models import build_model
 
 
@@ -60,6 +60,7 @@ def restore(path: str | Path, overrides: list[str]) -> Restored:
     cfg = stored_config(ckpt, overrides)
     device = resolve_device(cfg.device)
     runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device))
+    configure_backends(device, bool(cfg.trainer.get("deterministic", False)))
     try:
         model = build_model(cfg.model, ckpt["meta"])
     except UserError as e:  # the model's own line (a _target_ that does not import from here, a key missing...)

@@ -81,11 +81,17 @@ def setup(cfg: Any) -> Runtime:
     seed_everything(int(cfg.trainer.seed))
     if cfg.trainer.get("deterministic", False):
         torch.use_deterministic_algorithms(True, warn_only=True)
+    configure_backends(device, bool(cfg.trainer.get("deterministic", False)))
+    return Runtime(device=device, precision=precision)
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """The GPU math a run uses (TF32, cuDNN autotuning); dl eval and dl sample set the same, so they compute as
+    training did."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = not cfg.trainer.get("deterministic", False)
-    return Runtime(device=device, precision=precision)
+        torch.backends.cudnn.benchmark = not deterministic
 
 
 def rng_state() -> dict:
@@ -99,5 +105,6 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # saved on a machine with more GPUs: the ones here
+        for index, gpu_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, index)
