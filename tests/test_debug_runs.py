@@ -54,3 +54,15 @@ def test_meaningless_limits_are_one_line_before_anything_runs(dl_inproc, overrid
     res = dl_inproc("train", override)
     assert res.returncode == 2 and expected in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (dl_inproc.cwd / "outputs").exists()
+
+
+def test_the_debug_group_holds_them_as_configs(dl, dl_inproc):
+    assert "nothing kept" in dl.ok("train", "+debug=fast", "model=lstm").stdout
+    assert not list((dl.cwd / "outputs").glob("runs/*"))
+    dl.ok("train", "+debug=overfit", "dataset.n_samples=400", "trainer.summary=false")
+    summary = json.loads((dl.last_run() / "summary.json").read_text())
+    assert summary["steps"] == 120 and summary["final"]["train/loss"] < 0.15
+    res = dl_inproc("train", "debug=fast")
+    assert res.returncode == 2 and "debug is not in the default config, so it is added with a +: dl train " \
+                                   "+debug=fast" in res.stderr
+    assert "debug  (+debug=OPTION)" in dl_inproc.ok("ls", "debug").stdout

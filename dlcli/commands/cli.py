@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from dlcli.base.errors import UserError, exit_with
-from dlcli.config.listing import group_options
+from dlcli.config.listing import ADDED_GROUPS, group_options
 
 app = typer.Typer(
     name="dl",
@@ -43,7 +43,7 @@ def _guard(fn: Callable[[], Any]) -> None:
 
 def train_help() -> str:
     groups = "; ".join(f"{g} ({' '.join(options)})" for g, options in group_options().items()
-                       if g not in ("experiment", "hparams_search"))
+                       if g not in ADDED_GROUPS)
     return ("Train a model. Arguments are Hydra overrides: group=option, key=value, -m for a sweep.\n\n"
             f"Config groups: {groups}.\n\n"
             "`dl train --help` lists every option and key; `dl train --cfg job` prints the composed config.")

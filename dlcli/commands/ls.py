@@ -11,7 +11,7 @@ from rich.table import Table
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError, choices
 from dlcli.config.check import datasets_for
-from dlcli.config.listing import about, dataset_shapes, group_options, option_file
+from dlcli.config.listing import ADDED_GROUPS, about, dataset_shapes, group_options, option_file
 from dlcli.models import families
 
 
@@ -25,7 +25,7 @@ def ls_cli(group: str | None = None) -> None:
 
 
 def _table(group: str, options: list[str]) -> Table:
-    table = Table(title=f"{group}  ({group}=OPTION)", title_justify="left")
+    table = Table(title=f"{group}  ({'+' if group in ADDED_GROUPS else ''}{group}=OPTION)", title_justify="left")
     table.add_column("option", style="bold")
     if group == "model":
         table.add_column("what it is")

@@ -8,6 +8,8 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 HIDDEN = ("hydra",)  # Hydra's own launcher configs: not a choice users make through dl's groups
+SWEEP_GROUPS = ("experiment", "hparams_search")  # lessons and searches: -m +experiment=NAME
+ADDED_GROUPS = (*SWEEP_GROUPS, "debug")  # groups without a default: chosen with +group=OPTION
 
 
 def conf_root() -> Traversable:

@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlcli.base.errors import UserError
 from dlcli.config.keys import has_key
+from dlcli.config.listing import ADDED_GROUPS, SWEEP_GROUPS
 
 # Hydra plugins that `hydra/<group>=<name>` needs, and the extra that installs each.
 PLUGINS = {("sweeper", "optuna"): ("hydra-optuna-sweeper", "optuna"),
            ("launcher", "joblib"): ("hydra-joblib-launcher", "joblib")}
 # Groups whose files define a sweep: a single run of them without -m would quietly run one job of it.
-SWEEP_GROUPS = ("experiment", "hparams_search")
 MAX_CHECKED = 256  # cartesian products larger than this are checked one value at a time
 
 
@@ -75,9 +75,10 @@ def with_sweeper_params(overrides: list[str], parsed: list[Any], parser: Any, mu
     """The overrides every job is made of: hydra.sweeper.params first, then the command line (the same key: the
     command line wins, as in Hydra's sweepers). Returns (parsed overrides, the sweep's plan or None)."""
     for o in parsed:
-        if o.key_or_group in SWEEP_GROUPS and not o.input_line.startswith(("+", "~")):
+        if o.key_or_group in ADDED_GROUPS and not o.input_line.startswith(("+", "~")):
+            sweep = "-m " if o.key_or_group in SWEEP_GROUPS else ""
             raise UserError(f"{o.input_line}: {o.key_or_group} is not in the default config, so it is added with "
-                            f"a +: dl train -m +{o.input_line}")
+                            f"a +: dl train {sweep}+{o.input_line}")
     if not multirun and not any(o.key_or_group in SWEEP_GROUPS for o in parsed):
         return parsed, None
     base = base_config(overrides, parsed, groups, config_name)
