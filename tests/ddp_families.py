@@ -38,6 +38,30 @@ FAMILIES = {  # small data, no dropout (the two sides would draw different masks
 }
 
 
+def compare_one_step(model: torch.nn.Module, task, device: torch.device, make_step=None) -> dict:
+    """One SGD step of dl's DDP step (make_step, default distributed.train_step: this rank's slice) against a copy
+    stepping on the whole batch: {"diff", "spread" (between ranks), "moved"}."""
+    single = copy.deepcopy(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = next(task.batches("train", 200 if task.kind == "embedding" else 16, shuffle=True, seed=1))
+    step = (make_step or distributed.train_step)(model, task)
+    for m, whole in ((model, False), (single, True)):
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+        loss, _ = task.step(m, batch) if whole else step(batch)
+        loss.backward()
+        opt.step()
+    diff = max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), single.parameters()))
+    moved = max(float((p - b).detach().abs().max()) for p, b in zip(model.parameters(), before))
+    spread = 0.0
+    for p in model.parameters():
+        theirs = p.detach().clone()
+        dist.broadcast(theirs, src=0)
+        spread = max(spread, float((p.detach() - theirs).abs().max()))
+    spread_t = torch.tensor([spread], device=device)
+    dist.all_reduce(spread_t, op=dist.ReduceOp.MAX)
+    return {"diff": diff, "spread": float(spread_t), "moved": moved}
+
+
 def main(out: str) -> None:
     distributed.init(CPU)
     results = {}
@@ -47,25 +71,7 @@ def main(out: str) -> None:
             torch.manual_seed(0)
             task = build_task(cfg.dataset, cfg.loss, CPU)
             model = build_model(cfg.model, task.meta)
-            single = copy.deepcopy(model)
-            before = [p.detach().clone() for p in model.parameters()]
-            batch = next(task.batches("train", 200 if task.kind == "embedding" else 16, shuffle=True, seed=1))
-            step = distributed.train_step(model, task)
-            for m, one_batch in ((model, None), (single, batch)):
-                opt = torch.optim.SGD(m.parameters(), lr=0.5)
-                loss, _ = step(batch) if one_batch is None else task.step(m, one_batch)
-                loss.backward()
-                opt.step()
-            diff = max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), single.parameters()))
-            moved = max(float((p - b).detach().abs().max()) for p, b in zip(model.parameters(), before))
-            spread = 0.0
-            for p in model.parameters():
-                theirs = p.detach().clone()
-                dist.broadcast(theirs, src=0)
-                spread = max(spread, float((p - theirs).abs().max()))
-            spread = torch.tensor([spread])
-            dist.all_reduce(spread, op=dist.ReduceOp.MAX)
-            results[family] = {"diff": diff, "spread": float(spread), "moved": moved}
+            results[family] = compare_one_step(model, task, CPU)
     if distributed.is_main():
         with open(out, "w") as f:
             json.dump(results, f, indent=1)

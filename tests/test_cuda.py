@@ -236,7 +236,6 @@ DDP_SCRIPT = '''
 """One DDP step of every family (tests/ddp_families.py's cases) on the GPU over NCCL, against one process stepping on
 the whole batch. One process: dl starts no group of its own (trainer.devices=1 runs plainly), so one is made here and
 dl's DDP wrapping (distributed.train_step) is asked for with it. Several (torchrun): dl's own join."""
-import copy
 import json
 import os
 import sys
@@ -246,7 +245,7 @@ import torch.distributed as dist
 from hydra import compose, initialize_config_module
 
 sys.path.insert(0, sys.argv[3])
-from ddp_families import FAMILIES  # noqa: E402
+from ddp_families import FAMILIES, compare_one_step  # noqa: E402
 
 from dlcli.data import build_task  # noqa: E402
 from dlcli.engine import distributed  # noqa: E402
@@ -265,6 +264,12 @@ def main(out, device_type):
             device = torch.device("cuda", 0)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     world, rank = dist.get_world_size(), dist.get_rank()
+
+    def wrapped(model, task):  # a group of one: wrapped in DDP all the same, then stepped as the world it is
+        distributed._world, distributed._rank = max(world, 2), rank
+        step = distributed.train_step(model, task)
+        distributed._world = world
+        return step
     results = {"backend": str(dist.get_backend()), "world": world, "families": {}}
     with initialize_config_module(config_module="dlcli.conf", version_base="1.3"):
         for family, overrides in FAMILIES.items():
@@ -272,27 +277,7 @@ def main(out, device_type):
             torch.manual_seed(0)
             task = build_task(cfg.dataset, cfg.loss, device)
             model = build_model(cfg.model, task.meta).to(device)
-            single = copy.deepcopy(model)
-            before = [p.detach().clone() for p in model.parameters()]
-            batch = next(task.batches("train", 200 if task.kind == "embedding" else 16, shuffle=True, seed=1))
-            distributed._world, distributed._rank = max(world, 2), rank  # a group of one: wrap in DDP all the same
-            step = distributed.train_step(model, task)
-            distributed._world = world
-            for m, whole in ((model, False), (single, True)):
-                opt = torch.optim.SGD(m.parameters(), lr=0.5)
-                loss, _ = task.step(m, batch) if whole else step(batch)
-                loss.backward()
-                opt.step()
-            diff = max(float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), single.parameters()))
-            moved = max(float((p - b).detach().abs().max()) for p, b in zip(model.parameters(), before))
-            spread = 0.0
-            for p in model.parameters():
-                theirs = p.detach().clone()
-                dist.broadcast(theirs, src=0)
-                spread = max(spread, float((p.detach() - theirs).abs().max()))
-            spread = torch.tensor([spread], device=device)
-            dist.all_reduce(spread, op=dist.ReduceOp.MAX)
-            results["families"][family] = {"diff": diff, "spread": float(spread), "moved": moved}
+            results["families"][family] = compare_one_step(model, task, device, wrapped)
     if rank == 0:
         with open(out, "w") as f:
             json.dump(results, f, indent=1)
