@@ -121,16 +121,16 @@ def test_a_sweep_over_group_options_by_glob():
 
 
 def test_dl_ls_lists_every_option_with_its_line_and_what_fits(dl_inproc):
-    from dlcli.config.listing import group_options
+    from dlcli.config.listing import ADDED_GROUPS, group_options
     from dlcli.models import families
 
     out = dl_inproc.ok("ls").stdout
     for group, options in group_options().items():
-        assert f"{group}  ({group}=OPTION)" in out
+        assert f"{group}  ({'+' if group in ADDED_GROUPS else ''}{group}=OPTION)" in out
         assert all(o in out for o in options)
     model = dl_inproc.ok("ls", "model").stdout
     assert all(f.about[:30] in " ".join(model.split()) for f in families().values())
-    assert "fashion_mnist, image_folder, mnist, shapes" in model  # cnn's datasets
+    assert "cifar10, fashion_mnist, image_folder, mnist, shapes" in model  # cnn's datasets
     dataset = dl_inproc.ok("ls", "dataset").stdout
     assert "seq2seq on pairs" in dataset and "seq2seq, attention, transformer" in dataset
     assert "Adam with decoupled weight decay" in dl_inproc.ok("ls", "optimizer").stdout

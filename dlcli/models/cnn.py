@@ -1,4 +1,5 @@
-"""Convolutional net: conv blocks (conv -> [batch norm] -> activation -> [pool]), flatten, then an MLP head.
+"""Convolutional net: conv blocks (conv -> [batch norm] -> activation, convs_per_block times, then [pool]), flatten
+(or average each feature map to one number: global_pool), then an MLP head.
 
 With max pooling and a non-decreasing activation a block runs conv -> [batch norm] -> pool -> activation: the same
 function, cheaper (see CNN.__init__)."""
@@ -36,6 +37,7 @@ class CNN(nn.Module):
         channels = int_list(cfg.channels, "model.channels")
         blocks: list[nn.Module] = []
         in_ch = input_shape[0]
+        convs = int(cfg.get("convs_per_block", 1))  # range: config/schema.py
         for i, out_ch in enumerate(channels):
             k = int(per_block(cfg, "kernel_size", i, len(channels)))
             stride = int(per_block(cfg, "stride", i, len(channels)))
@@ -47,10 +49,15 @@ class CNN(nn.Module):
             if pool not in POOLS:
                 raise UserError(f"model.pool={pool}: choose one of: {', '.join(POOLS)}")
             bn = bool(per_block(cfg, "batch_norm", i, len(channels)))
-            block = [nn.Conv2d(in_ch, out_ch, k, stride=stride, padding=pad, bias=not bn)]
-            if bn:
-                block.append(nn.BatchNorm2d(out_ch))
             act_name = per_block(cfg, "activation", i, len(channels))
+            block: list[nn.Module] = []
+            for j in range(convs):  # VGG-style: the block's first conv changes the channels (and strides)
+                if j:
+                    block.append(activation(act_name))
+                block.append(nn.Conv2d(out_ch if j else in_ch, out_ch, k, stride=1 if j else stride, padding=pad,
+                                       bias=not bn))
+                if bn:
+                    block.append(nn.BatchNorm2d(out_ch))
             act = [activation(act_name)]
             pooling = [POOLS[pool](int(per_block(cfg, "pool_size", i, len(channels))))] if POOLS[pool] else []
             # Max pooling commutes with a non-decreasing activation: pooling first is the same function (outputs
@@ -59,6 +66,8 @@ class CNN(nn.Module):
             block += pooling + act if pool == "max" and act_name in MONOTONIC else act + pooling
             blocks.append(nn.Sequential(*block))
             in_ch = out_ch
+        if cfg.get("global_pool", False):  # each feature map averaged to one number: the head sees channels[-1]
+            blocks.append(nn.AdaptiveAvgPool2d(1))
         self.features = nn.Sequential(*blocks)
         self.features.eval()  # the shape probe below runs one image: batch norm must not need batch statistics
         with torch.no_grad():
