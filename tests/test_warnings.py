@@ -12,9 +12,9 @@ def warnings_of(dl) -> list[str]:
 
 
 def test_overfitting_a_flat_loss_and_a_short_budget_are_each_said_once(dl):
-    out = dl.ok("train", "dataset.n_samples=100", "dataset.noise=0.5", "trainer.epochs=30", "scheduler=none",
+    out = dl.ok("train", "dataset.n_samples=100", "dataset.noise=0.5", "trainer.epochs=60", "scheduler=none",
                 "optimizer.lr=0.01", *FAST).stdout
-    assert out.count("warning: val/loss has risen for 3 evaluations") == 1 and out.count("warning:") == 1
+    assert out.count("warning: val/loss has risen for") == 1 and out.count("warning:") == 1
     assert len(warnings_of(dl)) == 1 and "overfitting" in warnings_of(dl)[0]
     assert "warning: val/loss has risen" in dl.ok("runs", "show", str(dl.last_run())).stdout  # dl runs show too
 

@@ -209,6 +209,8 @@ class _Loop:
         self.n_batches = train_batches(tcfg, training.task, self.batch_size)
         self.overfit = bool(tcfg.get("overfit_batches"))  # the same first batches every epoch, validated on too
         self.history: list[tuple[float, float]] = []  # (train loss, val loss) per evaluation, for advise()
+        self.judged_flat = False  # advise(): whether the loss was judged on an epoch past the warm-up
+        self.epoch_start_lr = 0.0
         self.plan = training.plan or Plan(self.n_batches * self.epochs)
         if state.planned_steps is not None:  # a resume: the budget's plan as it was made
             self.plan.total = state.planned_steps
@@ -259,6 +261,7 @@ class _Loop:
         self.total = {k: v.to(t.task.device) for k, v in state.partial.items()} if state.partial else None
         state.partial = None
         self.losses, self.done = None, skip
+        self.epoch_start_lr = current_lr(t.optimizer)
         # the order depends on (seed, epoch) only: a resume replays it (overfitting: the same batches every epoch)
         seed = epoch_seed(int(t.tcfg.seed), 1 if self.overfit else epoch)
         batches = (t.in_place.batches(seed) if t.in_place is not None
@@ -428,15 +431,16 @@ class _Loop:
         """Warnings that save a run, each said once: a loss that did not fall in epoch 1, a time budget that ended
         epoch 1, val loss rising while train loss falls."""
         warn, lr = self.t.reporter.warn, current_lr(self.t.optimizer)
-        group = self.t.optimizer.param_groups[0]
-        warming_up = lr < 0.5 * group.get("initial_lr", lr)  # a schedule's warm-up: the loss may well stay flat
-        if epoch == 1 and self.losses is not None and self.done >= 20 and self.done == self.n_batches and \
-                not warming_up:
+        peak = self.t.optimizer.param_groups[0].get("initial_lr", lr)
+        # judged on the first full epoch of the first three that began past any warm-up (at >= 0.9 x the peak lr)
+        if epoch <= 3 and self.epoch_start_lr >= 0.9 * peak and self.losses is not None and self.done >= 20 and \
+                self.done == self.n_batches and not self.judged_flat:
+            self.judged_flat = True
             tenth = max(self.done // 10, 2)
             first = float(self.losses[:tenth].float().mean())
             last = float(self.losses[self.done - tenth:self.done].float().mean())
             if math.isfinite(first) and not last < first * 0.98:
-                warn(f"the training loss did not fall during epoch 1 ({first:.4g} -> {last:.4g}); try another "
+                warn(f"the training loss did not fall during epoch {epoch} ({first:.4g} -> {last:.4g}); try another "
                      f"optimizer.lr (now {lr:.3g}): ~10x lower if it rose, 3-10x higher if it stayed flat", "flat")
         if stop_reason == "max_time" and epoch == 1 and self.done < self.n_batches and not self.followed:
             warn(f"trainer.max_time={self.t.tcfg.max_time} ended the run {self.done} of {self.n_batches} batches into "
@@ -444,12 +448,16 @@ class _Loop:
                  "far; give more time, fewer trainer.epochs or a trainer.limit_train_batches", "budget")
         if "val" in parts:
             self.history.append((parts["train"]["loss"], parts["val"]["loss"]))
-        h = self.history
-        best = min(range(len(h)), key=lambda i: h[i][1]) if h else 0
-        if len(h) - 1 - best >= 3 and h[-1][1] > 1.05 * h[best][1] and h[-1][0] < h[best][0]:
-            warn(f"val/loss has risen for {len(h) - 1 - best} evaluations ({h[best][1]:.4g} -> {h[-1][1]:.4g}) while "
-                 "train/loss fell: the model is overfitting; try model.dropout, trainer.early_stopping_patience=3 "
-                 "(best.pt keeps the best epoch) or a smaller model", "overfitting")
+        val, train = [v for _, v in self.history], [t for t, _ in self.history]
+        means = [sum(val[i:i + 3]) / 3 for i in range(len(val) - 2)]  # of 3 evaluations: a trend, not noise
+        best = min(range(len(means)), key=means.__getitem__) if means else 0
+        if means and best <= len(means) - 4 and means[-1] > 1.2 * means[best]:
+            recent, at_best = sum(train[-3:]) / 3, min(train[best:best + 3])
+            if recent < 0.8 * at_best and recent < 0.8 * means[-1]:  # train fell clearly, and lies clearly below val
+                warn(f"val/loss has risen for {len(means) - 1 - best} evaluations ({means[best]:.4g} -> "
+                     f"{means[-1]:.4g}, means of 3) while train/loss fell: the model is overfitting; try "
+                     "model.dropout, trainer.early_stopping_patience=3 (best.pt keeps the best epoch) or a smaller "
+                     "model", "overfitting")
 
     def validate(self) -> dict[str, float]:
         """val/ metrics: the val split (its first trainer.limit_val_batches), or with trainer.overfit_batches the
