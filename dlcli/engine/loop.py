@@ -376,7 +376,7 @@ class _Loop:
         schedule = "the learning-rate schedule ends with them" if self.followed else \
             "the learning-rate schedule keeps its own course (warmup_cosine, cosine, linear and noam follow a budget)"
         self.t.reporter.say(f"time budget: trainer.max_time={self.t.tcfg.max_time}s plans {planned:,} steps in all "
-                            f"({planned / self.n_batches:.2f} epochs at {rate:.1f} steps/s), ~{reserve:.0f}s kept "
+                            f"({planned / self.n_batches:.3g} epochs at {rate:.3g} steps/s), ~{reserve:.0f}s kept "
                             f"for evaluation; {schedule}")
 
     def diverged(self, epoch: int, done: int) -> None:
