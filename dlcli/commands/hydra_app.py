@@ -18,7 +18,7 @@ from dlcli.base.overrides import hydra_path, unquote
 from dlcli.base.targets import dataset_name, model_name
 from dlcli.config.compose import compose_jobs
 from dlcli.config.schema import ranges_help
-from dlcli.config.search_path import take_config_sources, user_configs_first
+from dlcli.config.search_path import checked_source, take_config_sources, user_configs_first
 from dlcli.engine.run_dir import LOCK, STAGE, acquire, discard_staged, release, stage
 
 # Hydra flags that take a value (the value follows as the next argument).
@@ -78,12 +78,15 @@ def train_cli(args: list[str]) -> None:
                 print(ranges_help())
         return
     # lazy (with the imports below): dl train --help / --cfg answer without torch
-    from dlcli.engine.resume import recorded_config_name, resume_overrides
+    from dlcli.engine.resume import recorded_config, resume_overrides
 
     overrides, resume_dir = resume_overrides(overrides)
-    _, overrides, recorded = take_config_sources([], overrides)  # a resumed run's own config folders
-    if resume_dir is not None and config_name(flags) == "config":  # ... and its primary config
-        flags += ["--config-name", recorded_config_name(resume_dir)]
+    recorded: list[str] = []
+    if resume_dir is not None:  # the resumed run's own config folders and primary config
+        urls, name = recorded_config(resume_dir)
+        recorded = [checked_source(url, "hydra.searchpath") for url in urls]
+        if config_name(flags) == "config":
+            flags += ["--config-name", name]
     with user_configs_first(sources + recorded):
         _check_and_run(flags, overrides, resume_dir)
 

@@ -72,11 +72,16 @@ def take_config_sources(flags: list[str], overrides: list[str]) -> tuple[list[st
         if key.lstrip("+") != "hydra.searchpath":
             kept.append(o)
             continue
-        for entry in [unquote(e.strip()) for e in value.strip().strip("[]").split(",") if e.strip()]:
-            if entry.startswith("file://"):
-                entry = entry[len("file://"):]
-            sources.append(entry if "://" in entry else _folder("hydra.searchpath", entry))
+        sources += [checked_source(unquote(e.strip()), "hydra.searchpath") for e in value.strip().strip("[]").split(",")
+                    if e.strip()]
     return kept_flags, kept, sources
+
+
+def checked_source(entry: str, what: str) -> str:
+    """A search-path entry as a URL: pkg://... as given; a folder (file://... or a path) checked to be there."""
+    if entry.startswith("file://"):
+        entry = entry[len("file://"):]
+    return entry if "://" in entry else _folder(what, entry)
 
 
 def _folder(flag: str, value: str) -> str:
@@ -90,7 +95,8 @@ def _folder(flag: str, value: str) -> str:
 def user_file(group: str, option: str, sources: Iterable[str]) -> Path | None:
     """The YAML of GROUP=OPTION when one of the user's folders gives it (the first one that has it), else None."""
     for source in sources:
-        if source.startswith("file://") and (path := Path(source[len("file://"):]) / group / f"{option}.yaml").is_file():
+        path = Path(source[len("file://"):]) / group / f"{option}.yaml"
+        if source.startswith("file://") and path.is_file():
             return path
     return None
 

@@ -58,7 +58,7 @@ def resume_overrides(overrides: list[str]) -> tuple[list[str], Path | None]:
     ckpt = find_resume_checkpoint(value)
     run_dir = ckpt.parent.parent
 
-    recorded = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")] + user_config_dirs(run_dir)
+    recorded = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
     merged: dict[str, str] = {}
     for o in recorded + [o for o in overrides if o not in asked]:
         key = o.split("=", 1)[0].lstrip("+~")
@@ -69,23 +69,16 @@ def resume_overrides(overrides: list[str]) -> tuple[list[str], Path | None]:
     return [*merged.values(), f"{KEY}='{ckpt}'"], run_dir  # quoted: Hydra's grammar, any path characters
 
 
-def user_config_dirs(run_dir: Path) -> list[str]:
-    """The config folders the run was trained with beyond dl's own (--config-dir, hydra.searchpath), as one
-    hydra.searchpath override: a resume finds the user's model and data YAMLs without being told again."""
+def recorded_config(run_dir: Path) -> tuple[list[str], str]:
+    """What the run was composed from beyond its overrides, from its Hydra record: the user's config folders
+    (search-path URLs: a resume finds their model and data YAMLs without being told again) and the primary config's
+    name (--config-name; dl's own is "config")."""
     try:
-        sources = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.config_sources
+        record = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
     except Exception:  # an older or edited record: the user passes --config-dir again
-        return []
-    paths = [f"'{url}'" for url in recorded_sources(sources)]
-    return [f"hydra.searchpath=[{','.join(dict.fromkeys(paths))}]"] if paths else []
-
-
-def recorded_config_name(run_dir: Path) -> str:
-    """The primary config the run was composed from (--config-name; dl's own is "config")."""
-    try:
-        return str(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.job.config_name or "config")
-    except Exception:  # an older or edited record
-        return "config"
+        return [], "config"
+    sources = OmegaConf.select(record, "hydra.runtime.config_sources", default=None) or []
+    return recorded_sources(sources), str(OmegaConf.select(record, "hydra.job.config_name", default=None) or "config")
 
 
 def recorded_sources(config_sources: Iterable[Any]) -> list[str]:
