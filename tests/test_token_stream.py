@@ -13,8 +13,21 @@ from hypothesis import given, settings, strategies as st
 from omegaconf import OmegaConf
 
 from dlcli.data import language, token_stream
-from dlcli.data.language import LMTask, MappedLMTask, text_file, tokenize
+from dlcli.data.language import LMTask, MappedLMTask, text_file
 from dlcli.data.token_stream import ids_of_file, ids_of_text, text_pieces
+
+
+def tokenize(text: str, level: str) -> list[str]:
+    """The tokenizer as it was before token_stream (the whole text at once): the reference the pieces must match."""
+    if level == "char":
+        return list(text)
+    tokens: list[str] = []
+    for line in text.splitlines(keepends=True):
+        tokens += line.split()
+        if line.endswith("\n"):
+            tokens.append("\n")
+    return tokens
+
 
 # Characters that stress the piece boundaries: line breaks of every kind, whitespace, multi-byte UTF-8.
 ALPHABET = st.sampled_from(list("ab \n\r\t\x0b\x1c\u2028é€😀"))

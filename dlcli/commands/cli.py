@@ -165,7 +165,8 @@ def sample(
         if len(paths) != 1:
             raise UserError(f"dl sample takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
         given = {"--input": input_path, "--num-samples": num, "--out": out, "--json": as_json or None,
-                 "--seed": seed, "--prompt": prompt, "--prompt-file": prompt_file, "--max-new-tokens": max_new_tokens, "--temperature": temperature,
+                 "--seed": seed, "--prompt": prompt, "--prompt-file": prompt_file, "--max-new-tokens": max_new_tokens,
+                 "--temperature": temperature,
                  "--top-k": top_k, "--top-p": top_p, "--beam": beam, "--length-penalty": length_penalty,
                  "--attention-plot": attention_plot, "--word": word, "--analogy": analogy, "--topn": topn}
         sample_cli(paths[0], overrides, {k: v for k, v in given.items() if v is not None})

@@ -65,7 +65,7 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
             table.add_column(col)
         for i, p in enumerate(probs):
             top = p.topk(min(2, len(p)))
-            cells = [f"row {labels[i]}" if isinstance(labels[i], int) else labels[i]]
+            cells = [_shown(labels[i])]
             if true is not None:
                 cells.append(names[int(true[i])])
             mark = "" if true is None else (" ✓" if int(top.indices[0]) == int(true[i]) else " ✗")
@@ -85,7 +85,7 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
         for col in ("input", *(["true"] if true is not None else []), "predicted"):
             table.add_column(col)
         for i in range(len(pred)):
-            cells = [f"row {labels[i]}" if isinstance(labels[i], int) else labels[i]]
+            cells = [_shown(labels[i])]
             if true is not None:
                 cells.append(", ".join(f"{v:.4g}" for v in true[i].tolist()))
             cells.append(", ".join(f"{v:.4g}" for v in pred[i].tolist()))
@@ -93,9 +93,15 @@ def sample_cli(path: str, overrides: list[str], given: dict[str, Any]) -> None:
         console.print(table)
 
 
+def _shown(label: int | str) -> str:
+    """An input as the table names it: a CSV's data row (1-based) or an image file / test example."""
+    return f"row {label}" if isinstance(label, int) else label
+
+
 def _user_inputs(input_path: str, meta: dict) -> tuple[torch.Tensor, list[int] | list[str]]:
     if len(meta["input_shape"]) == 3:  # image files, comma-separated, or a folder of them (all, sorted)
-        files = [str(p) for p in image_files(Path(input_path))] if Path(input_path).is_dir() else [p for p in input_path.split(",") if p]
+        folder = Path(input_path)
+        files = [str(p) for p in image_files(folder)] if folder.is_dir() else [p for p in input_path.split(",") if p]
         if not files:
             raise UserError(f"--input {input_path}: no image files in that folder (png, jpg, bmp, gif, webp)")
         return load_image_files(files, meta), files

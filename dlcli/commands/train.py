@@ -29,7 +29,7 @@ from dlcli.engine import distributed
 from dlcli.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from dlcli.engine.in_place import choose_in_place
 from dlcli.engine.logger import MetricsLogger, Reporter, SilentLogger
-from dlcli.engine.loop import (Diverged, Interrupted, LoopState, StopRequest, Training, batch_limit, epoch_cap,
+from dlcli.engine.loop import (Diverged, Interrupted, LoopState, StopRequest, Training, epoch_cap, eval_batches,
                                evaluate_split, fit, train_batch_size, train_batches)
 from dlcli.engine.optim import Plan, build_optimizer, build_scheduler
 from dlcli.engine.resume import recorded_sources
@@ -99,8 +99,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
             model.load_state_dict(torch.load(best_path, map_location=runtime.device, weights_only=True)["model"])
         distributed.broadcast_module(model)  # every rank tests rank 0's weights
         size = int(t.eval_batch_size)
-        limit = batch_limit(t.get("limit_test_batches"), task.num_batches("test", size), "limit_test_batches")
-        test = evaluate_split(model, task, "test", size, runtime, limit=limit)
+        test = evaluate_split(model, task, "test", size, runtime, limit=eval_batches(t, task, "test", size))
         if not distributed.is_main():  # the rest writes the run's files: rank 0's job
             return {"device": str(runtime.device), "wall_time_s": 0.0, "best": {"value": state.best_value}}
         test.update(task.final_metrics(model))

@@ -19,7 +19,7 @@ from dlcli.base.errors import UserError
 from dlcli.data.cache import cache_dir
 from dlcli.data.download import find_or_download, user_path
 from dlcli.data.sequence import TagTask
-from dlcli.data.token_stream import TokenIds, ids_of_file, ids_of_text
+from dlcli.data.token_stream import TokenIds, ids_of_file, ids_of_text, words
 from dlcli.models.decoding import generate
 
 SHAKESPEARE = {"file": "input.txt", "subdirs": ("tinyshakespeare", "shakespeare"),
@@ -135,15 +135,11 @@ def windows(stream: Tensor, block: int) -> tuple[Tensor, Tensor]:
 
 
 def tokenize(text: str, level: str) -> list[str]:
+    """A text's tokens as training made them (data/token_stream.py), e.g. a prompt's."""
     if level == "char":
         return list(text)
     if level == "word":  # whitespace-separated words; line breaks kept as a token of their own
-        tokens: list[str] = []
-        for line in text.splitlines(keepends=True):
-            tokens += line.split()
-            if line.endswith("\n"):
-                tokens.append("\n")
-        return tokens
+        return words(text)
     raise UserError(f"dataset.level={level}: choose char or word")
 
 
@@ -166,7 +162,8 @@ def _lm_task_from(tokens: TokenIds, cfg: Any, loss_cfg: Any, extra_meta: dict | 
         source = f"dataset.path={cfg.path}" if cfg.get("path") not in (None, "???") else f"dataset={cfg.name}"
         raise UserError(f"{source} has {len(tokens.unseen)} token(s) outside the model's training vocabulary "
                         f"({len(tokens.vocab)} tokens): {', '.join(repr(t) for t in tokens.unseen[:10])}; evaluate on "
-                        "text made of the same tokens (a model trained with dataset.min_freq=2 maps rare ones to <unk>)")
+                        "text made of the same tokens (a model trained with dataset.min_freq=2 maps rare ones to "
+                        "<unk>)")
     n = len(tokens.ids)
     val_n = int(n * float(cfg.val_fraction))
     test_n = int(n * float(cfg.test_fraction))
@@ -299,7 +296,8 @@ def text_file(cfg: Any, loss_cfg: Any, vocab: list[str] | None = None) -> LMTask
     if len(tokens.ids) < 4 * int(cfg.block_size):
         raise UserError(f"dataset.path={cfg.path}: {len(tokens.ids)} tokens is too little text for "
                         f"dataset.block_size={cfg.block_size}")
-    in_memory = {"auto": len(tokens.ids) <= IN_MEMORY_TOKENS, True: True, False: False}.get(cfg.get("in_memory", "auto"))
+    choice = cfg.get("in_memory", "auto")
+    in_memory = {"auto": len(tokens.ids) <= IN_MEMORY_TOKENS, True: True, False: False}.get(choice)
     if in_memory is None:
         raise UserError(f"dataset.in_memory={cfg.in_memory}: choose auto, true or false")
     task = _lm_task_from(tokens, cfg, loss_cfg, None, in_memory)

@@ -123,6 +123,12 @@ def batch_limit(limit: Any, n: int, key: str) -> int:
     return min(n, limit) if isinstance(limit, int) else max(1, int(n * limit))
 
 
+def eval_batches(tcfg: Any, task: Task, split: str, batch_size: int) -> int:
+    """Batches an evaluation of the val or test split runs: trainer.limit_val_batches / limit_test_batches."""
+    key = f"limit_{split}_batches"
+    return batch_limit(tcfg.get(key), task.num_batches(split, batch_size), key)
+
+
 def train_batches(tcfg: Any, task: Task, batch_size: int) -> int:
     """Training batches per epoch: trainer.overfit_batches (the same first N every epoch), else the split's batches
     cut to trainer.limit_train_batches."""
@@ -466,8 +472,7 @@ class _Loop:
         if self.overfit:
             return evaluate_split(t.model, t.task, "train", self.batch_size, t.runtime, limit=self.n_batches)
         size = int(tcfg.eval_batch_size)
-        limit = batch_limit(tcfg.get("limit_val_batches"), t.task.num_batches("val", size), "limit_val_batches")
-        return evaluate_split(t.model, t.task, "val", size, t.runtime, limit=limit)
+        return evaluate_split(t.model, t.task, "val", size, t.runtime, limit=eval_batches(tcfg, t.task, "val", size))
 
     def track_best(self, epoch: int, parts: dict[str, dict[str, float]]) -> str:
         """The monitored metric against the best so far (and a plateau scheduler); a note when it improved."""
