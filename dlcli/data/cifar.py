@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from dlcli.base.errors import UserError
 from dlcli.data.download import download, sha256_of
-from dlcli.data.image_folder import ImageFolderTask, pixel_stats
+from dlcli.data.image_folder import ImageFolderTask, channel_stats, image_task, to_tensor
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"  # 170,052,171 bytes (md5 c32a1d4a...)
@@ -144,12 +143,6 @@ def class_names(path: Path) -> list[str]:
     return names
 
 
-def to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> Tensor:
-    """uint8 N x C x H x W -> float, normalised per channel."""
-    x = torch.from_numpy(images).float().div_(255.0)
-    return x.sub_(torch.tensor(mean).reshape(1, -1, 1, 1)).div_(torch.tensor(std).reshape(1, -1, 1, 1))
-
-
 def cifar10(cfg: Any, loss_cfg: Any, preprocessing: dict | None = None) -> ImageFolderTask:
     """preprocessing: a checkpoint's pixel statistics (dl eval / dl sample), reused, not refitted."""
     folder, how = find_or_fetch(cfg)
@@ -171,17 +164,15 @@ def cifar10(cfg: Any, loss_cfg: Any, preprocessing: dict | None = None) -> Image
     if preprocessing:
         mean, std = preprocessing["pixel_mean"], preprocessing["pixel_std"]
     else:  # the train split's own (val and test stay unseen)
-        mean, std = pixel_stats(train_x[:-val_size].transpose(0, 2, 3, 1))
-    x, y = to_tensor(train_x, mean, std), torch.from_numpy(train_y)
+        mean, std = channel_stats(train_x[:-val_size].transpose(0, 2, 3, 1))
+    x, y = to_tensor(train_x.transpose(0, 2, 3, 1), mean, std), torch.from_numpy(train_y)  # NCHW as NHWC views
     splits = {"train": (x[:-val_size], y[:-val_size]), "val": (x[-val_size:], y[-val_size:]),
-              "test": (to_tensor(test_x, mean, std), torch.from_numpy(test_y))}
+              "test": (to_tensor(test_x.transpose(0, 2, 3, 1), mean, std), torch.from_numpy(test_y))}
     meta = {"input_shape": [CHANNELS, SIDE, SIDE], "num_classes": len(names), "class_names": names,
             "pixel_mean": mean, "pixel_std": std,
             # data/__init__.py hands a checkpoint's `preprocessing` back to this builder (eval, sample)
             "preprocessing": {"pixel_mean": mean, "pixel_std": std}}
-    augment = cfg.get("augment") or {}
-    task = ImageFolderTask(splits, meta, loss_cfg, int(augment.get("crop_padding", 0) or 0),
-                           bool(augment.get("hflip", False)))
+    task = image_task(splits, meta, cfg, loss_cfg)
     task.loading = (f"{len(train_x) - val_size:,} train + {val_size:,} val + {len(test_x):,} test images of "
                     f"{len(names)} classes from {folder}{how}")
     return task

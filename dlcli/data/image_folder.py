@@ -252,7 +252,7 @@ def _settings(cfg: Any) -> tuple[tuple[int, int], int]:
     return (size[0], size[1]), int(channels)
 
 
-def pixel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 N x H x W x C images on the 0-1 scale, exact, from each channel's
     histogram (a float copy of the images would take longer)."""
     value = np.arange(256) / 255.0
@@ -266,7 +266,7 @@ def pixel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return mean, std
 
 
-def _to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> Tensor:
+def to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> Tensor:
     """uint8 N x H x W x C -> normalised float N x C x H x W, as images.load_image_files does for one picture."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().float()
     return x.div_(255.0).sub_(torch.tensor(mean).reshape(1, -1, 1, 1)).div_(torch.tensor(std).reshape(1, -1, 1, 1))
@@ -311,16 +311,14 @@ def image_folder(cfg: Any, loss_cfg: Any, preprocessing: dict | None = None) -> 
     if preprocessing:
         mean, std = preprocessing["pixel_mean"], preprocessing["pixel_std"]
     else:  # over the train split only (val/test stay unseen)
-        mean, std = pixel_stats(images[split == 0])
-    splits = {s: (_to_tensor(images[split == code], mean, std), torch.from_numpy(labels[split == code]))
+        mean, std = channel_stats(images[split == 0])
+    splits = {s: (to_tensor(images[split == code], mean, std), torch.from_numpy(labels[split == code]))
               for code, s in enumerate(SPLITS)}
     meta = {"input_shape": [channels, *size], "num_classes": len(listing.classes), "class_names": listing.classes,
             "pixel_mean": mean, "pixel_std": std,
             # data/__init__.py hands a checkpoint's `preprocessing` back to this builder (eval, sample)
             "preprocessing": {"class_names": listing.classes, "pixel_mean": mean, "pixel_std": std}}
-    augment = cfg.get("augment") or {}
-    task = ImageFolderTask(splits, meta, loss_cfg, int(augment.get("crop_padding", 0) or 0),
-                           bool(augment.get("hflip", False)))
+    task = image_task(splits, meta, cfg, loss_cfg)
     task.loading = f"{len(images):,} images of {len(listing.classes)} classes from {listing.root}, {how}"
     return task
 
@@ -336,6 +334,13 @@ def augment_batch(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int) -> 
     cols = dx[:, None] + torch.where(flip[:, None], w - 1 - across, across)  # N x W
     picked = x[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # N H W C
     return picked.permute(0, 3, 1, 2)
+
+
+def image_task(splits: dict, meta: dict, cfg: Any, loss_cfg: Any) -> ImageFolderTask:
+    """A classification task of images, its training batches augmented as dataset.augment says."""
+    augment = cfg.get("augment") or {}
+    return ImageFolderTask(splits, meta, loss_cfg, int(augment.get("crop_padding", 0) or 0),
+                           bool(augment.get("hflip", False)))
 
 
 class ImageFolderTask(ClassifyTask):
