@@ -98,8 +98,13 @@ def vocabulary(counts: Counter, min_freq: int) -> list[str]:
     return vocab
 
 
-def share_once(counts: Counter) -> float:
-    return sum(1 for c in counts.values() if c == 1) / max(len(counts), 1)
+def vocabulary_of(pieces: Iterable[str], level: str, min_freq: int, vocab: list[str] | None) -> tuple[list[str], float]:
+    """The given vocabulary, or one counted from the pieces; and the share of distinct tokens seen once (0 when
+    given)."""
+    if vocab is not None:
+        return vocab, 0.0
+    counts = count(pieces, level)
+    return vocabulary(counts, min_freq), sum(1 for c in counts.values() if c == 1) / max(len(counts), 1)
 
 
 class Encoder:
@@ -133,10 +138,7 @@ class Encoder:
 
 def ids_of_text(text: str, level: str, min_freq: int, vocab: list[str] | None) -> TokenIds:
     """A text already in memory (tiny-shakespeare, the generated grammar)."""
-    once = 0.0
-    if vocab is None:
-        counts = count([text], level)
-        vocab, once = vocabulary(counts, min_freq), share_once(counts)
+    vocab, once = vocabulary_of([text], level, min_freq, vocab)
     encoder = Encoder(vocab, level)
     ids = encoder(text)
     return TokenIds(ids, vocab, encoder.unk, encoder.unseen(ids, [text]), once=once)
@@ -154,10 +156,7 @@ def ids_of_file(path: Path, level: str, min_freq: int, vocab: list[str] | None, 
         entry = cache / content_digest(path, FORMAT, level, min_freq, vocab)
         if (found := _read_entry(entry)) is not None:
             return found
-    once = 0.0
-    if vocab is None:
-        counts = count(pieces(), level)
-        vocab, once = vocabulary(counts, min_freq), share_once(counts)
+    vocab, once = vocabulary_of(pieces(), level, min_freq, vocab)
     encoder = Encoder(vocab, level)
     if entry is not None:
         try:
