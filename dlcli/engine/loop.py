@@ -457,7 +457,9 @@ class _Loop:
         val, train = [v for _, v in self.history], [t for t, _ in self.history]
         means = [sum(val[i:i + 3]) / 3 for i in range(len(val) - 2)]  # of 3 evaluations: a trend, not noise
         best = min(range(len(means)), key=means.__getitem__) if means else 0
-        if means and best <= len(means) - 4 and means[-1] > 1.2 * means[best]:
+        # risen by a fifth, and by a twentieth of what training had gained on val (near zero loss: noise)
+        if means and best <= len(means) - 4 and means[-1] > 1.2 * means[best] and \
+                means[-1] - means[best] > 0.05 * (val[0] - means[best]):
             recent, at_best = sum(train[-3:]) / 3, min(train[best:best + 3])
             if recent < 0.8 * at_best and recent < 0.8 * means[-1]:  # train fell clearly, and lies clearly below val
                 warn(f"val/loss has risen for {len(means) - 1 - best} evaluations ({means[best]:.4g} -> "
