@@ -11,6 +11,8 @@ with the same code (dlcli.data.word_vectors; 3CosAdd over the 300k most frequent
     python -m bench.word2vec --corpus text8               # needs $DL_DATA_DIR/text8/text8 (or downloads it)
     python -m bench word2vec [--quick]                    # in the suite: the first 3M (quick: 1M) words of gutenberg
     python -m bench word2vec --device cuda --quick        # dlcli's batched path on the GPU (fp32), gensim on the CPU
+    python -m bench.word2vec --epochs 3 --repeat 3 --pieces-per-thread 1   # the C++ trainer's steps cut as before
+                                                          # (one piece per thread, no hand-out), against the default
 Needs the bench extra: pip install -e ".[bench]" (gensim).
 """
 
@@ -61,11 +63,13 @@ def run_dlcli(cfg, task) -> tuple[float, torch.Tensor]:
     """The real pieces of `dl train`: model, optimizer, scheduler and loop.fit (no checkpoints, no evaluation
     beyond the loop's own val loss)."""
     from dlcli.base.console import make_console
+    from dlcli.engine.batches import train_batch_size
     from dlcli.engine.in_place import choose_in_place
     from dlcli.engine.logger import MetricsLogger, Reporter
-    from dlcli.engine.loop import LoopState, Training, fit, train_batch_size
+    from dlcli.engine.loop import Training, fit
     from dlcli.engine.optim import build_optimizer, build_scheduler
     from dlcli.engine.runtime import setup
+    from dlcli.engine.stopping import LoopState
     from dlcli.models import build_model
 
     runtime = setup(cfg)
@@ -209,9 +213,16 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gensim worker threads")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--only", choices=("dlcli", "gensim"), default=None)
+    ap.add_argument("--pieces-per-thread", type=int, default=None,
+                    help="the C++ trainer's pieces per thread and step (default: InPlaceTraining.PIECES_PER_WORKER; "
+                         "1: one piece per thread, as before they were handed out)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("overrides", nargs="*", help="more dl train overrides, e.g. model.vector_size=200")
     args = ap.parse_args()
+    if args.pieces_per_thread is not None:
+        from dlcli.models.word2vec import InPlaceTraining
+
+        InPlaceTraining.PIECES_PER_WORKER = args.pieces_per_thread
     rows, _ = compare(args.corpus, args.model, args.epochs, args.workers, args.repeat, args.only, args.overrides)
     by = {tool: [x for x in rows if x["tool"] == tool] for tool in ("dlcli", "gensim")}
     if by["dlcli"] and by["gensim"]:

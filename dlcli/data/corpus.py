@@ -1,47 +1,49 @@
 """Word-embedding corpora (kind `embedding`): a generated corpus with planted relations (offline default), text8,
 the Project Gutenberg corpus, any text file.
 
-A corpus becomes one stream of word ids (words rarer than min_count removed, as word2vec does) plus a sentence id
-per token; lines are sentences, cut every 10,000 words as gensim does. Val/test are whole sentences drawn with a seed.
-On the CPU, word2vec trains in place in C++ (EmbeddingTask.in_place_training): the op draws subsampling, windows
-and negatives itself. Elsewhere batches are built with tensor ops (EmbeddingTask.batches): subsampling, dynamic
-windows and negatives drawn for a whole chunk of the stream at once, on the task's device.
+A corpus becomes one stream of word ids (words rarer than min_count removed, as word2vec does) with its sentences;
+lines are sentences, cut every 10,000 words as gensim does. Val/test are whole sentences drawn with a seed. Files are
+tokenized once into the token cache and read back memory-mapped (corpus_stream.py); a split is held as int64 tensors
+when it fits, else read chunk by chunk from the map. On the CPU, word2vec trains in place in C++
+(EmbeddingTask.in_place_training): the op draws subsampling, windows and negatives itself. Elsewhere batches are built
+with tensor ops (EmbeddingTask.batches): subsampling, dynamic windows and negatives drawn for a whole chunk of the
+stream at once, on the task's device.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
 from dlcli.base.task import Task
+from dlcli.data.cache import cache_dir
+from dlcli.data.corpus_stream import (SPLITS, Corpus, Stream, corpus_of, split_tensors, tokens_of_file,
+                                      tokens_of_pieces, word_pattern)
 from dlcli.data.download import download_zip_member, sha256_of
 from dlcli.data.word_vectors import evaluate_embeddings, finish_run, read_analogies, read_similarity, save_word2vec
 from dlcli.models.word2vec import InPlaceTraining, cpu_kernel
 
 MIN_KEPT_WORDS = 100  # a train split expected to keep fewer words after subsampling has (next to) no pair: refused
-MAX_SENTENCE = 10_000  # gensim truncates longer sentences; we cut them into pieces of this size
+# Splits as int64 tensors (ids + sentence ids: 16 bytes a word) up to this many corpus words (1 GB); past it, chunks
+# read from the memory-mapped cache (dataset.in_memory=auto)
+IN_MEMORY_WORDS = 1 << 26
 TEXT8 = {"url": "http://mattmahoney.net/dc/text8.zip", "member": "text8",
          # sha256 of the unzipped 100,000,000-byte file (the archive's bytes are not what we train on)
          "sha256": "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"}
-PUNCTUATION = ("split", "drop", "keep")
 
 
-# ------------------------------------------------------------------------------------------------------ tokenizing
 def tokenizer(lowercase: bool, punctuation: str):
-    """line -> list of words. split: punctuation marks become tokens of their own; drop: removed; keep: split on
-    whitespace only. Underscores (Gutenberg's _italics_) never count as letters."""
-    if punctuation not in PUNCTUATION:
-        raise UserError(f"dataset.punctuation={punctuation}: choose one of: {', '.join(PUNCTUATION)}")
-    word = r"[^\W_]+(?:['’][^\W_]+)*"
-    pattern = re.compile({"split": word + r"|[^\w\s]", "drop": word, "keep": r"\S+"}[punctuation])
+    """line -> list of words, as corpora are tokenized (corpus_stream.word_pattern)."""
+    pattern = re.compile(word_pattern(punctuation))
 
     def tokenize(line: str) -> list[str]:
         return pattern.findall(line.lower() if lowercase else line)
@@ -49,61 +51,10 @@ def tokenizer(lowercase: bool, punctuation: str):
     return tokenize
 
 
-def encode_lines(lines: Iterable[str], tokenize) -> tuple[list[str], Tensor, Tensor]:
-    """One pass: (words in first-seen order, stream of their ids, sentence id per token)."""
-    index: dict[str, int] = {}
-    ids = array("l")
-    lengths = array("l")
-    for line in lines:
-        tokens = tokenize(line)
-        if not tokens:
-            continue
-        get = index.get
-        for t in tokens:
-            i = get(t)
-            if i is None:
-                i = index[t] = len(index)
-            ids.append(i)
-        lengths.append(len(tokens))
-    stream = torch.frombuffer(ids, dtype=torch.long).clone() if ids else torch.zeros(0, dtype=torch.long)
-    lens = torch.frombuffer(lengths, dtype=torch.long).clone() if lengths else torch.zeros(0, dtype=torch.long)
-    # sentence = a line, cut every MAX_SENTENCE tokens (text8 is one line of 17M words)
-    line_id = torch.repeat_interleave(torch.arange(len(lens)), lens)
-    starts = torch.cumsum(lens, 0) - lens
-    pos = torch.arange(len(stream)) - starts[line_id]
-    chunk = pos // MAX_SENTENCE
-    pieces = (lens + MAX_SENTENCE - 1) // MAX_SENTENCE
-    first_piece = torch.cumsum(pieces, 0) - pieces
-    return list(index), stream, first_piece[line_id] + chunk
-
-
-def build_vocab(words: list[str], stream: Tensor, min_count: int, max_vocab: int | None) -> tuple[list[str], Tensor,
-                                                                                                   Tensor]:
-    """Keep words seen >= min_count times (the max_vocab most frequent), sorted by count as gensim does (ties in
-    first-seen order). Returns (vocab, counts, old id -> new id or -1)."""
-    counts = torch.bincount(stream, minlength=len(words))
-    order = sorted(range(len(words)), key=lambda i: -int(counts[i]))  # stable: ties keep first-seen order
-    keep = [i for i in order if counts[i] >= min_count][: max_vocab or None]
-    remap = torch.full((len(words),), -1, dtype=torch.long)
-    remap[torch.tensor(keep, dtype=torch.long)] = torch.arange(len(keep))
-    return [words[i] for i in keep], counts[keep] if keep else counts[:0], remap
-
-
-def split_sentences(sent: Tensor, val_fraction: float, test_fraction: float, seed: int) -> Tensor:
-    """0/1/2 (train/val/test) per sentence: whole sentences drawn with a seed, at least one each when possible."""
-    n = int(sent.max()) + 1 if len(sent) else 0
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, round(n * val_fraction)) if n >= 3 else 0
-    n_test = max(1, round(n * test_fraction)) if n >= 3 else 0
-    which = torch.zeros(n, dtype=torch.long)
-    which[perm[:n_val]] = 1
-    which[perm[n_val:n_val + n_test]] = 2
-    return which
-
-
 # ---------------------------------------------------------------------------------------------------------- the task
 class EmbeddingTask(Task):
-    """Word2vec training data. splits[s] = (word ids, sentence ids); batch_size counts corpus words per step.
+    """Word2vec training data. splits[s] = (word ids, sentence ids) as int64 tensors, or (a corpus larger than
+    memory) streams[s] read chunk by chunk; batch_size counts corpus words per step.
 
     A batch (see `batches`) is (centers [n], contexts [n, 2*window] with -1 for none, negatives [G, S]): contexts
     within a randomly shrunk window (word2vec's dynamic window), inside the same sentence, after frequent words were
@@ -117,8 +68,10 @@ class EmbeddingTask(Task):
     gradient_of_sum = True  # step()'s gradient is the summed loss's: under DDP ranks' gradients add (distributed.py)
 
     def __init__(self, splits: dict[str, tuple[Tensor, ...]], meta: dict, cfg: Any, questions: list | None = None,
-                 similarity: list | None = None):
+                 similarity: list | None = None, streams: dict[str, Stream] | None = None):
         super().__init__(splits, meta)
+        self.streams = streams or {}
+        self._device = torch.device("cpu")  # where chunks of streams go
         counts = torch.tensor(meta["counts"], dtype=torch.float64)
         self.window = int(cfg.window)
         self.negative = int(cfg.negative)
@@ -131,10 +84,10 @@ class EmbeddingTask(Task):
         if self.negative < 0:
             raise UserError(f"model.negative={cfg.negative}: noise words per pair, >= 0 (0: hierarchical softmax only)")
         self.keep_prob = keep_probabilities(counts, float(cfg.sample)).float()
-        kept = float(self.keep_prob[splits["train"][0]].sum())
+        kept = float((self.keep_prob.double() * counts).sum())  # counts: the train split's
         if kept < MIN_KEPT_WORDS:  # (val/test: an evaluation that scores no pair says nan, never a loss of 0)
             raise UserError(f"dataset={cfg.name}: after subsampling frequent words (dataset.sample={cfg.sample}) its "
-                            f"train split keeps ~{kept:.0f} of its {len(splits['train'][0])} words: nothing to train "
+                            f"train split keeps ~{kept:.0f} of its {self.size('train')} words: nothing to train "
                             "on; raise dataset.sample (1 keeps every word) or use a longer, more varied corpus")
         exponent = float(cfg.get("ns_exponent", 0.75))
         self.noise_weights = counts.pow(exponent)  # the C++ trainer's alias tables
@@ -159,23 +112,37 @@ class EmbeddingTask(Task):
             # Gutenberg skip-gram 382k vs 285k words/s, cbow 450k vs 405k (docs/performance.md)
             torch.set_num_threads(self.cpu_threads)
         super().to(device)
+        self._device = device
         self.keep_prob = self.keep_prob.to(device)
         self.noise_cdf = self.noise_cdf.to(device)
         return self
 
+    @property
+    def device(self) -> torch.device:
+        return self._device if self.streams else super().device
+
+    def size(self, split: str) -> int:
+        return len(self.streams[split]) if self.streams else super().size(split)
+
+    def chunk(self, split: str, a: int, b: int) -> tuple[Tensor, Tensor]:
+        """Words a..b-1 of a split and their sentence ids, int64 on the task's device (of a stream, only these are
+        read and converted)."""
+        if self.streams:
+            return tuple(t.to(self._device) for t in self.streams[split].chunk(a, b))  # type: ignore[return-value]
+        ids, sent = self.splits[split]
+        return ids[a:b], sent[a:b]
+
     def example_input(self, n: int = 2) -> Tensor:
-        return self.splits["train"][0][:n]
+        return self.chunk("train", 0, n)[0]
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[tuple]:
-        ids, sent = self.splits[split]
-        n = len(ids)
-        starts = torch.arange(0, n, batch_size)
-        gen = torch.Generator(device=ids.device)
+        starts = torch.arange(0, self.size(split), batch_size)
+        gen = torch.Generator(device=self.device)
         gen.manual_seed(seed if shuffle else 12345)  # val/test: the same draws every evaluation
         if shuffle:  # chunks in a seeded order (word order inside a chunk is the text's: windows need it)
             starts = starts[torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))]
         for s in starts.tolist():
-            yield self.make_batch(ids[s:s + batch_size], sent[s:s + batch_size], gen)
+            yield self.make_batch(*self.chunk(split, s, s + batch_size), gen)
 
     def make_batch(self, ids: Tensor, sent: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         keep = torch.rand(len(ids), generator=gen, device=ids.device) < self.keep_prob[ids]
@@ -205,8 +172,8 @@ class EmbeddingTask(Task):
         kernel = cpu_kernel()
         if kernel is None:
             return None
-        return InPlaceTraining(model, kernel, self.splits["train"], self.keep_prob, self.noise_weights, self.window,
-                               optimizer, deterministic, self.cpu_batch_size)
+        return InPlaceTraining(model, kernel, self.size("train"), partial(self.chunk, "train"), self.keep_prob,
+                               self.noise_weights, self.window, optimizer, deterministic, self.cpu_batch_size)
 
     def step(self, model: torch.nn.Module, batch: tuple) -> tuple[Tensor, dict[str, Tensor]]:
         loss_sum, pairs = model.loss(*batch)
@@ -251,48 +218,68 @@ def noise_cdf(counts: Tensor, exponent: float = 0.75) -> Tensor:
     return cdf
 
 
-def corpus_task(lines: Iterable[str], cfg: Any, name: str, questions: list | None = None,
-                similarity: list | None = None) -> EmbeddingTask:
-    tokenize = tokenizer(bool(cfg.get("lowercase", True)), str(cfg.get("punctuation", "split")))
-    words, stream, sent = encode_lines(lines, tokenize)
-    if not len(stream):
+def corpus_task(corpus: Corpus, cfg: Any, name: str, questions: list | None = None, similarity: list | None = None,
+                in_memory: bool = True) -> EmbeddingTask:
+    """The task of a corpus's view: its splits as int64 tensors (in_memory), else streams read chunk by chunk."""
+    if not corpus.corpus_words:
         raise UserError(f"dataset={name}: the corpus has no words")
-    which = split_sentences(sent, float(cfg.val_fraction), float(cfg.test_fraction), int(cfg.get("seed", 0)))[sent]
-    train_ids = stream[which == 0]
-    vocab, counts, remap = build_vocab(words, train_ids, int(cfg.min_count), cfg.get("max_vocab"))
+    vocab = corpus.vocab
     if len(vocab) < 2:
         raise UserError(f"dataset={name}: only {len(vocab)} word(s) occur >= model.min_count={cfg.min_count} times; "
                         "lower model.min_count or use a longer corpus")
-    new = remap[stream]
-    splits = {}
-    for k, split in enumerate(("train", "val", "test")):
-        m = (which == k) & (new >= 0)
-        splits[split] = (new[m], sent[m])
-    meta = {"kind": "embedding", "vocab": vocab, "vocab_size": len(vocab), "counts": counts.tolist(),
-            "corpus_words": int(len(stream)), "train_words": int(len(splits["train"][0])),
+    meta = {"kind": "embedding", "vocab": vocab, "vocab_size": len(vocab), "counts": corpus.counts.tolist(),
+            "corpus_words": corpus.corpus_words, "train_words": len(corpus.splits["train"][0]),
             "lowercase": bool(cfg.get("lowercase", True))}
     if questions is None and cfg.get("analogies"):
         questions = read_analogies(cfg.analogies, lowercase=meta["lowercase"])
     if similarity is None and cfg.get("similarity"):
         similarity = read_similarity(cfg.similarity, lowercase=meta["lowercase"])
-    return EmbeddingTask(splits, meta, cfg, questions, similarity)
+    if in_memory:
+        return EmbeddingTask({k: split_tensors(*corpus.splits[k]) for k in SPLITS}, meta, cfg, questions, similarity)
+    return EmbeddingTask({}, meta, cfg, questions, similarity, {k: Stream(*corpus.splits[k]) for k in SPLITS})
 
 
-# ------------------------------------------------------------------------------------------------------- datasets
-def read_lines(path: str | Path, what: str) -> Iterator[str]:
+def _view(cfg: Any) -> tuple[float, float, int, int, int | None]:
+    """What a run's view of a corpus depends on beyond its tokens (corpus_stream.corpus_of)."""
+    return (float(cfg.val_fraction), float(cfg.test_fraction), int(cfg.get("seed", 0)), int(cfg.min_count),
+            cfg.get("max_vocab"))
+
+
+def lines_task(lines: list[str], cfg: Any, name: str, questions: list | None = None,
+               similarity: list | None = None) -> EmbeddingTask:
+    """Lines in memory (a generated corpus): tokenized in memory, never cached."""
+    tokens = tokens_of_pieces(["\n".join(lines) + "\n"], bool(cfg.get("lowercase", True)),
+                              str(cfg.get("punctuation", "split")))
+    return corpus_task(corpus_of(tokens, *_view(cfg), None, print), cfg, name, questions, similarity)
+
+
+def file_task(path: str | Path, cfg: Any, name: str, what: str) -> EmbeddingTask:
+    """A corpus file, tokenized once into the token cache (dataset.cache; corpus_stream.py); its splits in memory
+    or read from the memory-mapped cache (dataset.in_memory), and one line saying which."""
+    choice = cfg.get("in_memory", "auto")
+    if choice not in ("auto", True, False):
+        raise UserError(f"dataset.in_memory={choice}: choose auto, true or false")
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"{what}={path}: no such file")
-    try:
-        with open(p, encoding="utf-8") as f:
-            yield from f
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what}={path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    cache = cache_dir(cfg, "tokens") if cfg.get("cache", True) else None
+    say = make_console(stderr=True).print
+    tokens = tokens_of_file(p, bool(cfg.get("lowercase", True)), str(cfg.get("punctuation", "split")), cache, what,
+                            say)
+    corpus = corpus_of(tokens, *_view(cfg), cache, say)
+    in_memory = corpus.corpus_words <= IN_MEMORY_WORDS if choice == "auto" else choice
+    task = corpus_task(corpus, cfg, name, in_memory=in_memory)
+    where = f"token cache {corpus.cache}" if corpus.cache else "memory"
+    mapped = bool(task.streams) and corpus.cache is not None
+    task.loading = (f"{corpus.corpus_words:,} words ({len(corpus.vocab):,} in the vocabulary) "
+                    f"{'read from' if tokens.from_cache else 'tokenized into'} {where}; "
+                    f"{'batches read from the memory-mapped file' if mapped else 'batches from memory'}")
+    return task
 
 
 def corpus_file(cfg: Any, loss_cfg: Any, **_: Any) -> EmbeddingTask:
     """Any text file: one sentence or paragraph per line."""
-    return corpus_task(read_lines(cfg.path, "dataset.path"), cfg, "corpus")
+    return file_task(cfg.path, cfg, "corpus", "dataset.path")
 
 
 def gutenberg(cfg: Any, loss_cfg: Any, **_: Any) -> EmbeddingTask:
@@ -301,7 +288,7 @@ def gutenberg(cfg: Any, loss_cfg: Any, **_: Any) -> EmbeddingTask:
     if not path.is_file():
         raise UserError(f"gutenberg: {path} not found; set DL_DATA_DIR or dataset.root to the folder holding "
                         "gutenberg/corpus.txt (or use dataset=corpus dataset.path=FILE)")
-    return corpus_task(read_lines(path, "gutenberg"), cfg, "gutenberg")
+    return file_task(path, cfg, "gutenberg", "gutenberg")
 
 
 def text8(cfg: Any, loss_cfg: Any, **_: Any) -> EmbeddingTask:
@@ -318,7 +305,7 @@ def text8(cfg: Any, loss_cfg: Any, **_: Any) -> EmbeddingTask:
                             "dataset.download=false")
         found = download_zip_member(str(cfg.get("url") or TEXT8["url"]), TEXT8["member"], root / "text8" / "text8",
                                     sha)
-    return corpus_task(read_lines(found, "text8"), cfg, "text8")
+    return file_task(found, cfg, "text8", "text8")
 
 
 # -------------------------------------------------------------------------------------- generated planted relations
@@ -405,7 +392,7 @@ def relations(cfg: Any, loss_cfg: Any, **_: Any) -> EmbeddingTask:
     if n < 100:
         raise UserError(f"dataset.sentences={n}: generate at least 100 sentences")
     lines = relation_sentences(n, int(cfg.get("seed", 0)))
-    return corpus_task(lines, cfg, "relations", questions=None if cfg.get("analogies") else relation_questions(),
+    return lines_task(lines, cfg, "relations", questions=None if cfg.get("analogies") else relation_questions(),
                        similarity=None if cfg.get("similarity") else relation_similarity())
 
 

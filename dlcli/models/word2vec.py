@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,8 @@ class InPlaceTraining:
     """word2vec's own training on the CPU (word2vec_kernel.cpp): for each chunk of the corpus the C++ op draws the
     subsampling, dynamic windows and negatives (k per pair, from unigram^ns_exponent) and takes an SGD step per pair
     straight in the tables, at the optimizer's current lr (the linear schedule still sets it every step); the chunk's
-    pieces train at once on torch's threads (one piece under trainer.deterministic). No gradient, no
+    pieces train at once on torch's threads, each thread pulling the next piece when done (one thread and one piece
+    under trainer.deterministic). No gradient, no
     optimizer.step(): the loop calls step() instead (engine/in_place.py decides when).
 
     A step is `batch_size` corpus words (dataset.cpu_batch_size; gensim's jobs are 10,000): each pair takes its own
@@ -124,10 +125,15 @@ class InPlaceTraining:
     cost more than the merge)."""
 
     HOT_ROWS = 512  # Gutenberg cbow, 2 cores, 10,240-word steps: 2.2-2.4M (none) -> 2.8-3.0M words/s; 2,048: slower
+    # A step's words are cut into this many pieces per thread, handed out as threads get free: a core slowed by
+    # another process trains fewer of them instead of holding up the step (pieces stay >= 64 words; one thread: one).
+    PIECES_PER_WORKER = 8
 
-    def __init__(self, model: Word2Vec, kernel: Any, split: tuple[Tensor, Tensor], keep_prob: Tensor,
-                 noise_weights: Tensor, window: int, optimizer: torch.optim.Optimizer, deterministic: bool,
-                 batch_size: int):
+    def __init__(self, model: Word2Vec, kernel: Any, words: int, chunk: Callable[[int, int], tuple[Tensor, Tensor]],
+                 keep_prob: Tensor, noise_weights: Tensor, window: int, optimizer: torch.optim.Optimizer,
+                 deterministic: bool, batch_size: int):
+        """words: the train split's length; chunk(a, b): its words a..b-1 and their sentence ids (int64; from memory
+        or a memory-mapped file, converted chunk by chunk)."""
         self.model, self.kernel = model, kernel
         self.batch_size = batch_size
         # views of the weights (the op writes in place); without hierarchical softmax an empty tree and paths
@@ -135,7 +141,7 @@ class InPlaceTraining:
         self.tables = (model.input.weight.detach(), model.output.weight.detach(), tree)
         no_paths = torch.zeros(0, 0, dtype=torch.long)
         self.paths = (model.points, model.codes) if model.hs else (no_paths, no_paths)
-        self.ids, self.sent = split
+        self.words, self.chunk = words, chunk
         self.keep_prob = keep_prob.float().contiguous()
         self.noise_prob, self.noise_alias = kernel.alias_table(noise_weights)
         self.window = window
@@ -149,8 +155,8 @@ class InPlaceTraining:
         """Chunks of batch_size corpus words in the corpus's order, as the C tool and gensim go (shuffled chunks did
         worse: Gutenberg cbow analogy 0.064 vs 0.068, loss 2.39 vs 2.28, 3 seeds), each with its own seed for the
         op's draws."""
-        for s in range(0, len(self.ids), self.batch_size):
-            yield self.ids[s:s + self.batch_size], self.sent[s:s + self.batch_size], (seed * 1_000_003 + s) % 2**62
+        for s in range(0, self.words, self.batch_size):
+            yield *self.chunk(s, s + self.batch_size), (seed * 1_000_003 + s) % 2**62
 
     def step(self, batch: tuple[Tensor, Tensor, int]) -> tuple[Tensor, dict[str, Tensor]]:
         """Trains on one chunk; (mean loss per pair, summed stats) as EmbeddingTask.step returns them."""
@@ -161,10 +167,11 @@ class InPlaceTraining:
             self.optimizer.step()
             self.optimizer_stepped = True
         m = self.model
-        pieces = 1 if self.deterministic else torch.get_num_threads()
+        workers = 1 if self.deterministic else torch.get_num_threads()
         loss, loss_sum, pairs, _kept = self.kernel.train_chunk(
             *self.tables, ids, sent, self.keep_prob, self.noise_prob, self.noise_alias, *self.paths, self.window,
-            m.negative, m.objective == "cbow", float(self.optimizer.param_groups[self.group]["lr"]), seed, pieces, self.HOT_ROWS)
+            m.negative, m.objective == "cbow", float(self.optimizer.param_groups[self.group]["lr"]), seed, workers,
+            self.HOT_ROWS, self.PIECES_PER_WORKER)
         return loss, {"loss_sum": loss_sum, "pairs": pairs}
 
 

@@ -1,10 +1,13 @@
 // word2vec on the CPU, as the original C tool and gensim train it: pair after pair, each SGD step written straight
 // into the tables (dlcli/models/word2vec.py, InPlaceTraining; the batched gradient of the same loss, used on GPUs and
 // under DDP, is NegativeSampling there). Compiled on first use by torch.utils.cpp_extension (model.cpu_kernel=false:
-// never). A chunk is split into pieces trained at once on torch's threads (Hogwild, as both tools do); subsampling,
-// dynamic windows and negatives are drawn here from a seed, so a chunk's draws do not depend on timing.
+// never). A chunk is split into pieces trained at once on torch's threads (Hogwild, as both tools do), more pieces
+// than threads, each thread pulling the next piece when done with one (a core slowed by another process then takes
+// fewer pieces instead of stalling the step); subsampling, dynamic windows and negatives are drawn here from a seed per
+// piece, so a piece's draws do not depend on timing.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -148,19 +151,25 @@ static inline void pair_step(const Chunk& c, const Table& out, const Table& tree
   }
 }
 
-// Trains the centers lo..hi of a chunk; `copies` holds this piece's copies of the tables' shared rows. Compiled twice,
-// for AVX2+FMA and for any x86-64/other CPU, the right one picked at load time, so the cached build stays portable.
+// A worker's view of the tables: its own copy of their shared rows in `copies`, taken from the tables now.
+static Chunk with_copies(const Chunk& c, float* copies) {
+  Chunk mine = c;
+  mine.in.copy = copies;
+  mine.out.copy = mine.in.copy + mine.in.copied();
+  mine.tree.copy = mine.out.copy + mine.out.copied();
+  for (const Table* t : {&mine.in, &mine.out, &mine.tree})
+    std::copy(t->shared + t->lo * c.d, t->shared + t->hi * c.d, t->copy);
+  return mine;
+}
+
+// Trains the centers lo..hi of a chunk (c: a worker's view, with_copies). Compiled twice, for AVX2+FMA and for any
+// x86-64/other CPU, the right one picked at load time, so the cached build stays portable.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=haswell", "default")))
 #endif
-static double train_piece(const Chunk& c, int64_t lo, int64_t hi, uint64_t seed, int64_t* pairs, float* copies) {
+static double train_piece(const Chunk& c, int64_t lo, int64_t hi, uint64_t seed, int64_t* pairs) {
   const int64_t d = c.d;
-  Table in = c.in, out = c.out, tree = c.tree;
-  in.copy = copies;
-  out.copy = in.copy + in.copied();
-  tree.copy = out.copy + out.copied();
-  for (const Table* t : {&in, &out, &tree})
-    std::copy(t->shared + t->lo * d, t->shared + t->hi * d, t->copy);
+  const Table in = c.in, out = c.out, tree = c.tree;
   Rng r(seed);
   std::vector<float> buf(2 * d + 64);
   float *mean = buf.data() + 32, *grad = buf.data() + 32 + d;
@@ -200,15 +209,17 @@ static double train_piece(const Chunk& c, int64_t lo, int64_t hi, uint64_t seed,
 }
 
 // Trains the tables in place on one chunk of the corpus: ids [n] with their sentence ids [n]; words are kept with
-// probability keep_prob[word] (subsampling), then split into `pieces` trained at once, each with its own copy of the
-// first `hot_rows` rows of syn0 and syn1neg and the last of syn1 (the tree's top), added up at the end. tree [V-1, d],
+// probability keep_prob[word] (subsampling), then trained at once by `workers` threads, each with its own copy of the
+// first `hot_rows` rows of syn0 and syn1neg and the last of syn1 (the tree's top), added up at the end. The kept words
+// are cut into workers x `split` pieces (none under 64 words; one piece for one worker): worker w trains piece w, then
+// pulls the next untrained one until none is left. split = 1: a piece per worker, each its own copy. tree [V-1, d],
 // points and codes [V, L]: hierarchical softmax (L = 0: none); negative = 0: no negative sampling. A pair's loss is
 // taken before its own step.
 std::vector<torch::Tensor> train_chunk(torch::Tensor w_in, torch::Tensor w_out, torch::Tensor tree, torch::Tensor ids,
                                        torch::Tensor sent, torch::Tensor keep_prob, torch::Tensor noise_prob,
                                        torch::Tensor noise_alias, torch::Tensor points, torch::Tensor codes,
                                        int64_t window, int64_t negative, bool cbow, double alpha, int64_t seed,
-                                       int64_t pieces, int64_t hot_rows) {
+                                       int64_t workers, int64_t hot_rows, int64_t split) {
   for (const auto* t : {&w_in, &w_out, &tree})
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == torch::kFloat32, "train_chunk: contiguous float32 tables");
   TORCH_CHECK(keep_prob.scalar_type() == torch::kFloat32 && noise_prob.scalar_type() == torch::kFloat32 &&
@@ -229,8 +240,9 @@ std::vector<torch::Tensor> train_chunk(torch::Tensor w_in, torch::Tensor w_out, 
     if (p >= 1.f || r.uniform() < p) { word.push_back(id[i]); sentence.push_back(sn[i]); }
   }
   const int64_t K = word.size(), d = w_in.size(1);
-  const int64_t P = std::max<int64_t>(1, std::min<int64_t>(pieces, K / 64));
-  const int64_t H = P > 1 ? hot_rows : 0;  // one piece: nothing is shared, nothing copied
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(workers, K / 64));
+  const int64_t P = T > 1 ? std::max<int64_t>(T, std::min<int64_t>(T * std::max<int64_t>(split, 1), K / 64)) : 1;
+  const int64_t H = T > 1 ? hot_rows : 0;  // one worker: nothing is shared, nothing copied
   const int64_t V = w_in.size(0), nodes = tree.size(0), L = points.dim() == 2 ? points.size(1) : 0;
   Chunk c{word.data(), sentence.data(), K, window, negative, d, cbow, static_cast<float>(alpha),
           Table{w_in.data_ptr<float>(), nullptr, 0, std::min(H, V), d},
@@ -238,20 +250,24 @@ std::vector<torch::Tensor> train_chunk(torch::Tensor w_in, torch::Tensor w_out, 
           Table{tree.data_ptr<float>(), nullptr, std::max<int64_t>(0, nodes - H), nodes, d},
           L ? points.data_ptr<int64_t>() : nullptr, L ? codes.data_ptr<int64_t>() : nullptr, L,
           Alias{noise_prob.data_ptr<float>(), noise_alias.data_ptr<int32_t>(), noise_prob.size(0)}};
-  // each piece's copies, cache-line aligned so that threads never share a line
+  // each worker's copies, cache-line aligned so that threads never share a line
   const int64_t copied = c.in.copied() + c.out.copied() + c.tree.copied();
   const int64_t stride = (copied + 15) / 16 * 16;
-  std::unique_ptr<float[]> copies(new float[P * stride + 16]);  // not zeroed: each piece copies its rows in
+  std::unique_ptr<float[]> copies(new float[T * stride + 16]);  // not zeroed: each worker copies its rows in
   float* copies0 = copies.get() + (16 - (reinterpret_cast<uintptr_t>(copies.get()) / 4) % 16) % 16;
   std::vector<double> loss_of(P, 0.0);
   std::vector<int64_t> pairs_of(P, 0);
-  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p)
-      loss_of[p] = train_piece(c, K * p / P, K * (p + 1) / P, Rng(static_cast<uint64_t>(seed) + 1 + p).next(),
-                               &pairs_of[p], copies0 + p * stride);
+  std::atomic<int64_t> next_piece{T};  // pieces 0..T-1 go to their own workers first
+  at::parallel_for(0, T, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const Chunk mine = with_copies(c, copies0 + w * stride);
+      for (int64_t p = w; p < P; p = next_piece.fetch_add(1))
+        loss_of[p] = train_piece(mine, K * p / P, K * (p + 1) / P, Rng(static_cast<uint64_t>(seed) + 1 + p).next(),
+                                 &pairs_of[p]);
+    }
   });
-  // every piece's change to the copied rows added to the shared tables, in piece order (the same sums every time)
-  if (P > 1 && copied > 0) {
+  // every worker's change to the copied rows added to the shared tables, in worker order (the same sums every time)
+  if (T > 1 && copied > 0) {
     float* starts[3] = {c.in.shared, c.out.shared, c.tree.shared + c.tree.lo * d};
     const int64_t ends[3] = {c.in.copied(), c.in.copied() + c.out.copied(), copied};
     at::parallel_for(0, copied, 4096, [&](int64_t k0, int64_t k1) {
@@ -260,7 +276,7 @@ std::vector<torch::Tensor> train_chunk(torch::Tensor w_in, torch::Tensor w_out, 
         float* shared = starts[t] + (k - (t ? ends[t - 1] : 0));
         const float base = *shared;
         float change = 0.f;
-        for (int64_t p = 0; p < P; ++p) change += copies0[p * stride + k] - base;
+        for (int64_t w = 0; w < T; ++w) change += copies0[w * stride + k] - base;
         *shared = base + change;
       }
     });
@@ -285,7 +301,11 @@ torch::Tensor draw_alias(torch::Tensor prob, torch::Tensor alias, int64_t n, int
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.def("train_chunk", &train_chunk, "word2vec SGD in place on a chunk of the corpus");
+  mod.def("train_chunk", &train_chunk, "word2vec SGD in place on a chunk of the corpus", py::arg("w_in"),
+          py::arg("w_out"), py::arg("tree"), py::arg("ids"), py::arg("sent"), py::arg("keep_prob"),
+          py::arg("noise_prob"), py::arg("noise_alias"), py::arg("points"), py::arg("codes"), py::arg("window"),
+          py::arg("negative"), py::arg("cbow"), py::arg("alpha"), py::arg("seed"), py::arg("workers"),
+          py::arg("hot_rows"), py::arg("split") = 1);
   mod.def("alias_table", &alias_table, "Vose alias tables for weights");
   mod.def("draw_alias", &draw_alias, "draws from alias tables");
 }
