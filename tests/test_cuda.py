@@ -304,7 +304,7 @@ def ddp_step_of_every_family(tmp_path: Path, nproc: int) -> dict:
     assert res.returncode == 0, res.stderr[-4000:]
     results = json.loads(out.read_text())
     assert results["backend"] == ("nccl" if DEVICE == "cuda" else "gloo") and results["world"] == nproc
-    assert set(results["families"]) == {*families(), "cnn_bn"}  # every declared family (tests/ddp_families.py)
+    assert set(results["families"]) == {*families(), "cnn_bn", "lstm_text"}  # every family (tests/ddp_families.py)
     return results["families"]
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from dlcli.base.errors import UserError, exit_with
-from dlcli.config.listing import ADDED_GROUPS, group_options
+from dlcli.config.listing import ADDED_GROUPS, conf_root, group_options, option_file
 
 app = typer.Typer(
     name="dl",
@@ -49,10 +49,62 @@ def train_help() -> str:
             "`dl train --help` lists every option and key; `dl train --cfg job` prints the composed config.")
 
 
-def complete_overrides(incomplete: str) -> list[str]:
-    """Shell completion for `dl train`: group=option pairs read from the shipped conf/ (no Hydra, no torch)."""
-    pairs = [f"{group}={option}" for group, options in group_options().items() for option in options]
+def complete_overrides(incomplete: str, given: Sequence[str] = ()) -> list[str]:
+    """Shell completion for `dl train`, read from the shipped conf/ (no Hydra, no torch: it stays fast): group=option
+    pairs (+experiment=, +debug=, +hparams_search= for the groups added with +), and once a group's name is typed, its
+    keys as `trainer.epochs=`, for the option chosen on the command line so far (`given`) or else the default."""
+    groups = group_options()
+    pairs = [f"{'+' if group in ADDED_GROUPS else ''}{group}={option}"
+             for group, options in groups.items() for option in options]
+    if "=" not in incomplete and ("." in incomplete or incomplete in groups):
+        pairs += [f"{key}=" for key in config_keys(given)]
     return sorted(p for p in pairs if p.startswith(incomplete))
+
+
+def _complete_train(ctx: typer.Context, incomplete: str) -> list[str]:
+    """What Typer calls: the words before the one completed are the parsed overrides so far."""
+    return complete_overrides(incomplete, [*(ctx.params.get("overrides") or []), *ctx.args])
+
+
+def config_keys(given: Sequence[str] = ()) -> list[str]:
+    """Every settable key (`model.hidden_size`, `loss.name`) of the config the given overrides choose."""
+    import yaml  # lazy: only completion reads YAML here
+
+    def load(group: str, option: str) -> dict:
+        try:
+            return yaml.safe_load(option_file(group, option).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return {}
+
+    def keys(group: str, option: str) -> dict:
+        """An option's keys, with those of the options its defaults list takes in (`/dataset/grammar@_here_`)."""
+        data, merged = load(group, option), {}
+        for entry in data.pop("defaults", None) or []:
+            other_group, _, other = str(entry).removesuffix("@_here_").strip("/").partition("/")
+            if str(entry).endswith("@_here_") and other:
+                merged.update(keys(other_group, other))
+        return {**merged, **data}
+
+    root = yaml.safe_load(conf_root().joinpath("config.yaml").read_text(encoding="utf-8"))
+    chosen = {k: str(v) for entry in root.pop("defaults") if isinstance(entry, dict) for k, v in entry.items()}
+    chosen.update(o.split("=", 1) for o in given if "=" in o and not o.startswith(("+", "~")))
+    for entry in load("model", chosen["model"]).get("defaults") or []:  # a model's own optimizer (word2vec: sgd)
+        for key, option in (entry.items() if isinstance(entry, dict) else []):
+            group = key.split()[-1].strip("/").split("@")[0]
+            if not any(o.startswith(f"{group}=") for o in given):
+                chosen[group] = str(option)
+    chosen["dataset"] = chosen["dataset"].replace("${model}", chosen["model"])
+    tree = {k: v for k, v in root.items() if k != "hydra"}  # loss.*
+    groups = group_options()
+    tree.update({group: keys(group, option) for group, option in chosen.items() if group in groups})
+    return _leaves(tree)
+
+
+def _leaves(node: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        out += _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return out
 
 
 @app.command(
@@ -61,7 +113,7 @@ def complete_overrides(incomplete: str) -> list[str]:
 )
 def train(
     ctx: typer.Context,
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[OVERRIDES]...", autocompletion=complete_overrides,
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[OVERRIDES]...", autocompletion=_complete_train,
                                                     show_default=False),
 ) -> None:
     # its help (train_help) lists the groups and options found in conf/
@@ -109,21 +161,26 @@ def sample(
                                       help="A checkpoint (or run dir), then overrides for its stored config."),
     input_path: Optional[str] = typer.Option(None, "--input", "-i",
                                              help="Classifiers/regressors: predict for this CSV file (mlp) or these "
-                                                  "image files (cnn; comma-separated) instead of test examples. "
-                                                  "Encoder-decoders: the text to translate (or pipe lines on stdin)."),
+                                                  "image files (cnn; comma-separated, or a folder) instead of test "
+                                                  "examples. Text classifiers and encoder-decoders: the text to "
+                                                  "classify / translate, or a text file of one per line (- or piped "
+                                                  "lines: stdin). Word embeddings: a file of one word per line."),
     num: Optional[int] = typer.Option(None, "--num-samples", "-n",
                             help="How many test examples to show (default 10), or texts to generate (default 1)."),
     out: Optional[str] = typer.Option(None, "--out", "-o",
-                                      help="Classifiers/regressors: write every prediction to this .csv or .jsonl "
-                                           "(- : standard output), one row per input with its id. Image models: "
-                                           "a .png is where the picture grid goes (default: <run>/plots/samples.png)."),
-    as_json: bool = typer.Option(False, "--json", help="Classifiers/regressors: the predictions as JSON Lines on "
-                                                       "standard output (or in --out)."),
+                                      help="Write every prediction, generation, translation or word's neighbours "
+                                           "to this .csv or .jsonl (- : standard output), one row per input with "
+                                           "its id, as they are made. Image models: a .png is where the picture "
+                                           "grid goes (default: <run>/plots/samples.png)."),
+    as_json: bool = typer.Option(False, "--json", help="The rows --out writes as JSON Lines, on standard output "
+                                                       "(or in --out)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Which test examples are drawn / the sampling seed."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Language models: the text to continue "
                                                                        "(default: a new line)."),
     prompt_file: Optional[str] = typer.Option(None, "--prompt-file", help="Language models: read the prompt "
-                                                                          "from a file."),
+                                                                          "from a file (with --out/--json: one "
+                                                                          "prompt per line, a row for each)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
                                                  help="Language models: tokens to generate (default 300). "
                                                       "Encoder-decoders: the longest output (default: the longest "
@@ -131,7 +188,8 @@ def sample(
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t",
                                       help="Language models: <1 sharper, >1 more random, 0 greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Language models: sample from the k likeliest "
-                                                              "tokens only (1 = greedy)."),
+                                                              "tokens only (1 = greedy). Classifiers: show the k "
+                                                              "likeliest classes (default 3)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Language models: nucleus sampling, the smallest "
                                                                 "set of tokens holding this much probability."),
     beam: Optional[int] = typer.Option(None, "--beam",
@@ -142,18 +200,22 @@ def sample(
     attention_plot: Optional[str] = typer.Option(None, "--attention-plot",
                                                  help="Encoder-decoders: save the cross-attention heatmap (source x "
                                                       "output tokens; per head for the transformer) to this .png."),
-    word: Optional[str] = typer.Option(None, "--word", "-w", help="Word embeddings: the words nearest this one."),
+    word: Optional[list[str]] = typer.Option(None, "--word", "-w", help="Word embeddings: the words nearest this "
+                                                                        "one (repeat for several)."),
     analogy: Optional[str] = typer.Option(None, "--analogy", help="Word embeddings: the words nearest a vector "
                                                                   "sum, e.g. \"king - man + woman\"."),
     topn: Optional[int] = typer.Option(None, "--topn", help="Word embeddings: how many words to list."),
 ) -> None:
     """Show what a trained model predicts or generates.
 
-    Classifiers/regressors: test examples (true vs predicted) or your own inputs.
+    Classifiers/regressors: test examples (true vs predicted) or your own inputs (text classifiers: texts).
     Language models: text streamed as it is generated. Sequence taggers (copy): input, target and answer.
+    With --out FILE (or --json): one row per input, written as it is made, for all but sequence taggers.
 
     Examples: dl sample outputs/runs/<run>/checkpoints/best.pt -n 16;
-    dl sample best.pt --input new_rows.csv;
+    dl sample best.pt --input new_rows.csv;  dl sample <lstm run> --prompt-file prompts.txt --out gen.jsonl;
+    dl sample <reviews run> --input "the plot was not dull";  cat texts.txt | dl sample <reviews run> --out preds.csv;
+    dl sample <attention run> --input sources.txt --beam 4 --out translations.csv;
     dl sample <lstm run> --prompt "the cat" --temperature 0.8 --top-k 5 -n 3;
     dl sample <skipgram run> --word king --topn 5;  dl sample <skipgram run> --analogy "king - man + woman"
     """
@@ -165,10 +227,11 @@ def sample(
         if len(paths) != 1:
             raise UserError(f"dl sample takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
         given = {"--input": input_path, "--num-samples": num, "--out": out, "--json": as_json or None,
+                 "--force": force or None,
                  "--seed": seed, "--prompt": prompt, "--prompt-file": prompt_file, "--max-new-tokens": max_new_tokens,
                  "--temperature": temperature,
                  "--top-k": top_k, "--top-p": top_p, "--beam": beam, "--length-penalty": length_penalty,
-                 "--attention-plot": attention_plot, "--word": word, "--analogy": analogy, "--topn": topn}
+                 "--attention-plot": attention_plot, "--word": word or None, "--analogy": analogy, "--topn": topn}
         sample_cli(paths[0], overrides, {k: v for k, v in given.items() if v is not None})
 
     _guard(go)
@@ -177,16 +240,26 @@ def sample(
 @app.command("export")
 def export(
     items: list[str] = typer.Argument(..., metavar="CKPT [KEY=VALUE...]",
-                                      help="A word2vec checkpoint (or run dir), then overrides for its stored config."),
-    binary: bool = typer.Option(False, "--binary", help="The word2vec binary format instead of text."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write (default: <run>/vectors.txt, or "
-                                                                "vectors.bin with --binary)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+                                      help="A checkpoint (or run dir), then overrides for its stored config."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT",
+                                      help="word2vec (cbow/skipgram: the default), safetensors (the default for every "
+                                           "other model), torchscript or onnx (pip install 'dlcli\\[onnx]')."),
+    binary: bool = typer.Option(False, "--binary", help="--format word2vec: the binary format instead of text."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Where to write (default: <run>/export/model."
+                                                                "safetensors|torchscript|onnx; word2vec: "
+                                                                "<run>/vectors.txt, or vectors.bin with --binary)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out (and its .json) if it exists."),
 ) -> None:
-    """Write a cbow/skipgram checkpoint's word vectors in the word2vec format (gensim's
-    KeyedVectors.load_word2vec_format reads it; binary=True for --binary).
+    """Write a checkpoint's model as a file other tools load, with its preprocessing beside it in <out>.json.
 
-    Example: dl export outputs/runs/<run>/checkpoints/best.pt --binary --out vectors.bin
+    safetensors: the state dict (any model; tied weights get a copy under each key). torchscript, onnx: the eval-mode
+    graph (dynamic batch and sequence axes), run again right after writing: it must give the model's outputs. The
+    .json holds what dl sample does around the model: CSV standardisation and one-hot columns, image size and
+    normalisation, vocabularies, class names, regression target scaling. A seq2seq model is exported as
+    forward(src, tgt_in) -> (logits, encoder_states): decoding token by token stays in your code (the .json says
+    how). cbow/skipgram: word2vec (gensim's KeyedVectors.load_word2vec_format reads it) or safetensors.
+
+    Examples: dl export outputs/runs/<run> --format onnx;  dl export <run> --binary --out vectors.bin
     """
 
     def go() -> None:
@@ -195,7 +268,7 @@ def export(
         paths, overrides = _split_overrides(items)
         if len(paths) != 1:
             raise UserError(f"dl export takes one checkpoint, got {len(paths)}: {' '.join(paths) or '(none)'}")
-        export_cli(paths[0], overrides, binary=binary, out=out, force=force)
+        export_cli(paths[0], overrides, binary=binary, out=out, force=force, fmt=fmt)
 
     _guard(go)
 

@@ -13,19 +13,21 @@ MAX_NEW_TOKENS = 10_000  # the longest generation dl sample makes (streamed as i
 KINDS = {"classify": "classifiers", "regress": "regressors", "tag": "sequence taggers", "lm": "language models",
          "seq2seq": "encoder-decoders", "embedding": "word embeddings"}
 NOT_EMBEDDING = {"classify", "regress", "tag", "lm", "seq2seq"}
+ROWS = {"classify", "regress", "lm", "seq2seq", "embedding"}  # the kinds that write rows: --out FILE, --json
 
 # option -> (the kinds of checkpoint it applies to, its range or None)
 OPTIONS: dict[str, tuple[set[str], Number | None]] = {
-    "--input": ({"classify", "regress", "seq2seq"}, None),
+    "--input": ({"classify", "regress", "seq2seq", "embedding"}, None),
     "--num-samples": (NOT_EMBEDDING, Number(integer=True, low=1, high=10_000)),
-    "--out": ({"classify", "regress"}, None),
-    "--json": ({"classify", "regress"}, None),
+    "--out": (ROWS, None),
+    "--json": (ROWS, None),
+    "--force": (ROWS, None),
     "--seed": (NOT_EMBEDDING, Number(integer=True, low=0, high=2**32 - 1)),
     "--prompt": ({"lm"}, None),
     "--prompt-file": ({"lm"}, None),
     "--max-new-tokens": ({"lm", "seq2seq"}, Number(integer=True, low=1, high=MAX_NEW_TOKENS)),
     "--temperature": ({"lm"}, Number(low=0, high=100)),
-    "--top-k": ({"lm"}, Number(integer=True, low=1)),
+    "--top-k": ({"lm", "classify"}, Number(integer=True, low=1)),
     "--top-p": ({"lm"}, Number(low=0, high=1, low_open=True)),
     "--beam": ({"seq2seq"}, Number(integer=True, low=1, high=64)),
     "--length-penalty": ({"seq2seq"}, Number(low=0, high=10)),
@@ -34,8 +36,12 @@ OPTIONS: dict[str, tuple[set[str], Number | None]] = {
     "--analogy": ({"embedding"}, None),
     "--topn": ({"embedding"}, Number(integer=True, low=1, high=10_000)),
 }
+# options that mean something different to each kind they apply to: what the refusal says instead of the kinds' names
+MEANINGS = {"--top-k": "language models (sample from the k likeliest tokens) and classifiers (show the k likeliest "
+                       "classes)"}
 # what each kind uses when an option is not given
 DEFAULTS: dict[str, dict[str, Any]] = {
+    "classify": {"--top-k": 3},  # at most the number of classes
     "lm": {"--num-samples": 1, "--max-new-tokens": 300, "--temperature": 1.0},
     "seq2seq": {"--num-samples": 10, "--beam": 1, "--length-penalty": 0.6},
     "embedding": {"--topn": 10},
@@ -57,7 +63,8 @@ def options_for(kind: str, given: dict[str, Any]) -> dict[str, Any]:
         kinds = OPTIONS[option][0]
         if value is not None and kind not in kinds:
             applies = [name for k, name in KINDS.items() if k in kinds]
-            raise UserError(f"{option} is for {', '.join(applies[:-1]) + ' and ' if len(applies) > 1 else ''}"
-                            f"{applies[-1]}; this checkpoint is one of the {KINDS.get(kind, kind)}")
+            listed = ", ".join(applies[:-1]) + " and " + applies[-1] if len(applies) > 1 else applies[0]
+            raise UserError(f"{option} is for {MEANINGS.get(option, listed)}; this checkpoint is one of the "
+                            f"{KINDS.get(kind, kind)}")
     base = {"--num-samples": 10, "--seed": 0, **DEFAULTS.get(kind, {})}
     return {**base, **{k: v for k, v in given.items() if v is not None}}

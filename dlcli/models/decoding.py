@@ -5,7 +5,7 @@ Models that generate expose `step(tokens, state) -> (logits, state)`: the state 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -35,19 +35,30 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
 
 
 @torch.no_grad()
+def generate_tokens(model: nn.Module, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: int | None = None, top_p: float | None = None,
+                    generator: torch.Generator | None = None) -> Iterator[Tensor]:
+    """prompt (N, P) -> each new column of token ids (N,), yielded as it is made. Between steps only the model's
+    state is kept (recurrent models carry theirs; transformers crop theirs to the training window), never the
+    earlier logits or tokens: memory does not grow with max_new_tokens."""
+    model.eval()
+    logits, state = model.step(prompt, None)
+    for i in range(max_new_tokens):
+        nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+        yield nxt
+        if i + 1 < max_new_tokens:  # the last token needs no logits after it
+            logits, state = model.step(nxt[:, None], state)
+
+
 def generate(model: nn.Module, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              on_token: Callable[[Tensor], Any] | None = None) -> Tensor:
     """prompt (N, P) -> (N, P + max_new_tokens). on_token(ids) is called with each new column as it is made."""
-    model.eval()
-    logits, state = model.step(prompt, None)
     out = [prompt]
-    for _ in range(max_new_tokens):
-        nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+    for nxt in generate_tokens(model, prompt, max_new_tokens, temperature, top_k, top_p, generator):
         out.append(nxt[:, None])
         if on_token is not None:
             on_token(nxt)
-        logits, state = model.step(nxt[:, None], state)
     return torch.cat(out, 1)
 
 
@@ -64,8 +75,10 @@ def _stack_attention(steps: list[Tensor | None]) -> Tensor | None:
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, src: Tensor, max_len: int) -> tuple[Tensor, Tensor | None]:
-    """src (N, S) -> output ids (N, L) (EOS included, PAD after it) and the attention weights, if any."""
+def greedy_decode(model: nn.Module, src: Tensor, max_len: int,
+                  keep_attention: bool = True) -> tuple[Tensor, Tensor | None]:
+    """src (N, S) -> output ids (N, L) (EOS included, PAD after it) and the attention weights, if any (and
+    keep_attention: they grow with the output, so a run that draws no plot leaves them out)."""
     was_training = model.training
     model.eval()
     memory = model.encode(src)
@@ -76,7 +89,7 @@ def greedy_decode(model: nn.Module, src: Tensor, max_len: int) -> tuple[Tensor, 
         logits, state, weights = model.decode_step(token, memory, state)
         token = logits[:, -1].argmax(-1).masked_fill(done, PAD)[:, None]
         out.append(token)
-        attn.append(weights)
+        attn.append(weights if keep_attention else None)
         done |= token[:, 0] == EOS
         if bool(done.all()):
             break
@@ -89,11 +102,18 @@ def length_penalty(length: Tensor, alpha: float) -> Tensor:
     return ((5.0 + length.float()) / 6.0) ** alpha
 
 
-@torch.no_grad()
 def beam_search(model: nn.Module, src: Tensor, beam_size: int, max_len: int,
                 alpha: float = 0.6) -> tuple[Tensor, Tensor | None]:
     """Keep the `beam_size` likeliest prefixes per source; finished ones stay in the beam (extended by PAD at no
     cost) and the winner is picked by log-probability / length_penalty. beam_size 1 is greedy decoding."""
+    seqs, attn, _ = beam_search_scored(model, src, beam_size, max_len, alpha)
+    return seqs, attn
+
+
+@torch.no_grad()
+def beam_search_scored(model: nn.Module, src: Tensor, beam_size: int, max_len: int, alpha: float = 0.6,
+                       keep_attention: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
+    """beam_search, with each winner's score (N,): its log-probability / length_penalty, what ranked it."""
     was_training = model.training
     model.eval()
     n, k = len(src), beam_size
@@ -122,13 +142,16 @@ def beam_search(model: nn.Module, src: Tensor, beam_size: int, max_len: int,
         state = model.reorder_state(state, index)
         token = word.view(-1, 1)
         seqs = torch.cat([seqs.index_select(0, index), token], 1)
-        if weights is not None:
+        if weights is not None and keep_attention:
             attn = weights if attn is None else torch.cat([attn.index_select(0, index), weights], -2)
         done = done.index_select(0, index)
         lengths = lengths.index_select(0, index) + (~done).long()
         done = done | (token[:, 0] == EOS)
         if bool(done.all()):
             break
-    best = (score / length_penalty(lengths.view(n, k), alpha)).argmax(-1) + offsets[:, 0]
+    ranked = score / length_penalty(lengths.view(n, k), alpha)
+    winner = ranked.argmax(-1)
+    best_score = ranked.gather(1, winner[:, None])[:, 0]
+    best = winner + offsets[:, 0]
     model.train(was_training)
-    return seqs.index_select(0, best), attn.index_select(0, best) if attn is not None else None
+    return seqs.index_select(0, best), attn.index_select(0, best) if attn is not None else None, best_score
