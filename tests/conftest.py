@@ -110,3 +110,24 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def trained_once(tmp_path_factory, group: str, name: str, *args: str, text: str | None = None) -> Path:
+    """A tiny run trained once per test session and shared by the xdist workers (a file lock: the first one trains
+    it); `text`: written to corpus.txt in its dir and given as dataset.path."""
+    from filelock import FileLock  # torch's own dependency
+
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent / f"{group}-{uid}" if uid else base / group
+    (root / name).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{name}.lock")):
+        done = root / name / "run.txt"
+        if not done.is_file():
+            cli = CLI(root / name)
+            if text is not None:
+                (cli.cwd / "corpus.txt").write_text(text)
+                args = (*args, f"dataset.path={cli.cwd / 'corpus.txt'}")
+            cli.ok("train", *args, *FAST)
+            done.write_text(str(cli.last_run()))
+        return Path(done.read_text())

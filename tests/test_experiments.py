@@ -75,7 +75,8 @@ def assert_png(path: Path) -> None:
 
 
 def test_every_experiment_is_tested_and_says_what_to_expect():
-    assert set(EXPERIMENTS) == set(TINY) | {"gradient_clipping"}
+    # (pretrained_embeddings runs in tests/test_pretrained_embeddings.py, on a tiny corpus of its own)
+    assert set(EXPERIMENTS) == set(TINY) | {"gradient_clipping", "pretrained_embeddings"}
     from omegaconf import OmegaConf
 
     for name in EXPERIMENTS:

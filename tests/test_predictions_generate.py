@@ -8,7 +8,6 @@ import csv
 import inspect
 import io
 import json
-import os
 import sys
 import weakref
 from pathlib import Path
@@ -16,8 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CLI, FAST, REPO, InProcessCLI
-from filelock import FileLock
+from conftest import REPO, InProcessCLI, trained_once
 from omegaconf import OmegaConf
 
 from dlcli.base.errors import UserError
@@ -28,40 +26,23 @@ from dlcli.models.decoding import generate_tokens
 LM_TEXT = "the cat sat on the mat. " * 60
 
 
-def _trained(tmp_path_factory, name: str, *args: str, text: str | None = None) -> Path:
-    """A tiny run trained once per test session, shared by the xdist workers (a file lock: the first trains it)."""
-    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent / f"generate-{uid}" if uid else base / "generate"
-    (root / name).mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{name}.lock")):
-        done = root / name / "run.txt"
-        if not done.is_file():
-            cli = CLI(root / name)
-            if text is not None:
-                (cli.cwd / "corpus.txt").write_text(text)
-                args = (*args, f"dataset.path={cli.cwd / 'corpus.txt'}")
-            cli.ok("train", *args, "trainer.epochs=1", *FAST)
-            done.write_text(str(cli.last_run()))
-        return Path(done.read_text())
-
-
 @pytest.fixture(scope="session")
 def lm_run(tmp_path_factory) -> Path:
-    return _trained(tmp_path_factory, "lm", "model=rnn", "dataset=text", "dataset.block_size=16",
-                    "model.hidden_size=16", text=LM_TEXT)
+    return trained_once(tmp_path_factory, "generate", "lm", "model=rnn", "dataset=text", "dataset.block_size=16",
+                        "model.hidden_size=16", "trainer.epochs=1", text=LM_TEXT)
 
 
 @pytest.fixture(scope="session")
 def s2s_run(tmp_path_factory) -> Path:
-    return _trained(tmp_path_factory, "s2s", "model=attention", "model.hidden_size=16", "dataset=reverse",
-                    "dataset.n_train=200", "dataset.n_val=20", "dataset.n_test=20", "dataset.max_len=6")
+    return trained_once(tmp_path_factory, "generate", "s2s", "model=attention", "model.hidden_size=16",
+                        "dataset=reverse", "dataset.n_train=200", "dataset.n_val=20", "dataset.n_test=20",
+                        "dataset.max_len=6", "trainer.epochs=1")
 
 
 @pytest.fixture(scope="session")
 def w2v_run(tmp_path_factory) -> Path:
-    return _trained(tmp_path_factory, "w2v", "model=skipgram", "model.cpu_kernel=false", "model.vector_size=16",
-                    "dataset.sentences=2000")
+    return trained_once(tmp_path_factory, "generate", "w2v", "model=skipgram", "model.cpu_kernel=false",
+                        "model.vector_size=16", "dataset.sentences=2000", "trainer.epochs=1")
 
 
 def _jsonl(text: str) -> list[dict]:

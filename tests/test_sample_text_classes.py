@@ -6,14 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLI, FAST, InProcessCLI
-from filelock import FileLock
+from conftest import InProcessCLI, trained_once
 from test_errors import assert_one_line_error
 
 from dlcli.commands.restore import restore, restore_task
@@ -22,26 +20,11 @@ from dlcli.data.text_classes import text_tokenizer
 CLASSES = ["negative", "neutral", "positive"]
 
 
-def _trained(tmp_path_factory, name: str, *args: str) -> Path:
-    """A tiny run trained once per test session, shared by the xdist workers (a file lock: the first trains it)."""
-    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent / f"text-classes-{uid}" if uid else base / "text-classes"
-    (root / name).mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{name}.lock")):
-        done = root / name / "run.txt"
-        if not done.is_file():
-            cli = CLI(root / name)
-            cli.ok("train", *args, *FAST)
-            done.write_text(str(cli.last_run()))
-        return Path(done.read_text())
-
-
 @pytest.fixture(scope="session")
 def reviews_run(tmp_path_factory) -> Path:
     # a bag of embeddings learns the generated reviews in a few epochs (test accuracy ~0.97 after 3)
-    return _trained(tmp_path_factory, "reviews", "model=mlp", "dataset=reviews",
-                    "trainer.epochs=5")
+    return trained_once(tmp_path_factory, "text-classes", "reviews", "model=mlp", "dataset=reviews",
+                        "trainer.epochs=5")
 
 
 @pytest.fixture
@@ -124,8 +107,8 @@ def test_a_text_is_read_as_the_training_data_was(reviews_run, dl):
 
 
 def test_sequence_classifiers_show_their_test_sequences(tmp_path_factory, dl):
-    run = _trained(tmp_path_factory, "parity", "model=rnn", "dataset=parity", "dataset.n_samples=100",
-                   "dataset.seq_len=6", "model.hidden_size=8", "trainer.epochs=1")
+    run = trained_once(tmp_path_factory, "text-classes", "parity", "model=rnn", "dataset=parity",
+                       "dataset.n_samples=100", "dataset.seq_len=6", "model.hidden_size=8", "trainer.epochs=1")
     res = dl.ok("sample", str(run), "-n", "3")
     assert "sequence" in res.stdout and "/3 correct" in res.stdout
     bits = [c for line in res.stdout.splitlines() if "test #" in line for c in line.split("│")[2].split()]

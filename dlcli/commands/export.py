@@ -21,7 +21,7 @@ from dlcli.commands.export_formats import (EXTENSIONS, Signature, check_format, 
 from dlcli.commands.export_sidecar import sidecar
 from dlcli.commands.export_writers import onnx_modules, write_onnx, write_safetensors, write_torchscript
 from dlcli.commands.restore import Restored, restore
-from dlcli.data.word_vectors import save_word2vec
+from dlcli.models.vectors_file import save_word2vec
 
 
 def export_cli(path: str, overrides: list[str], binary: bool, out: str | None, force: bool = False,

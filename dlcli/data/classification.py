@@ -23,8 +23,37 @@ def label_smoothing_for(loss_cfg: Any, kind: str) -> float:
     return float(loss_cfg.get("label_smoothing", 0.0))
 
 
+def confusion_counts(y: Tensor, pred: Tensor, k: int) -> Tensor:
+    """(k, k) counts, true class down, predicted across; on the device, no host sync (bincount would sync on CUDA)."""
+    counts = torch.zeros(k * k, device=y.device)
+    return counts.index_add_(0, y * k + pred, torch.ones(len(y), device=y.device)).view(k, k)
+
+
+def per_class(confusion: Tensor, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of each class (a class never predicted has precision 0)."""
+    c = confusion.double().cpu()
+    tp, predicted, true = c.diag(), c.sum(0), c.sum(1)
+    out = {}
+    for i, name in enumerate(class_names):
+        out[name] = {"precision": float(tp[i] / predicted[i]) if predicted[i] else 0.0,
+                     "recall": float(tp[i] / true[i]) if true[i] else 0.0,
+                     "f1": float(2 * tp[i] / (predicted[i] + true[i])) if predicted[i] + true[i] else 0.0,
+                     "support": int(true[i])}
+    return out
+
+
+def macro_f1(confusion: Tensor) -> float:
+    """The mean of the classes' F1 = 2TP / (predicted + true), over the classes the split holds or the model
+    predicted (as scikit-learn's f1_score(average="macro") counts them)."""
+    c = confusion.double().cpu()
+    seen = c.sum(0) + c.sum(1)
+    present = seen > 0
+    return float((2 * c.diag()[present] / seen[present]).mean()) if present.any() else float("nan")
+
+
 class ClassifyTask(Task):
-    """x -> class index. Metrics: loss, acc, and top5 when there are more than 5 classes."""
+    """x -> class index. Metrics: loss, acc, top5 when there are more than 5 classes, and on evaluation macro_f1
+    (the mean of the classes' F1); summary.json adds precision, recall and F1 per class (breakdown)."""
 
     kind = "classify"
 
@@ -39,15 +68,21 @@ class ClassifyTask(Task):
         # stats from detached tensors (no no_grad context: a few us a step that a 1 ms MLP step notices);
         # torch.full: torch.tensor(x, device=cuda) would be a blocking copy every step
         scores = logits.detach()
+        pred = scores.argmax(-1)
         n = torch.full((), float(len(y)), device=y.device)
-        stats = {"loss": loss.detach() * n, "correct": (scores.argmax(-1) == y).sum().float(), "n": n}
+        stats = {"loss": loss.detach() * n, "correct": (pred == y).sum().float(), "n": n}
         if scores.shape[-1] > 5:
             stats["top5"] = (scores.topk(5, dim=-1).indices == y[:, None]).any(-1).sum().float()
+        if not model.training:  # evaluation (val, test, dl eval): the confusion matrix, for macro-F1
+            stats["confusion"] = confusion_counts(y, pred, scores.shape[-1])
         return loss, stats
 
     def summarize(self, stats: dict[str, Tensor]) -> dict[str, float]:
-        s = {k: v.item() for k, v in stats.items()}
+        confusion = stats.get("confusion")
+        s = {k: v.item() for k, v in stats.items() if k != "confusion"}
         out = {"loss": s["loss"] / s["n"], "acc": s["correct"] / s["n"]}
+        if confusion is not None:
+            out["macro_f1"] = macro_f1(confusion)
         if "top5" in s:
             out["top5"] = s["top5"] / s["n"]
         return out
@@ -56,6 +91,24 @@ class ClassifyTask(Task):
     def predict(self, model: nn.Module, x: Tensor) -> Tensor:
         """Class probabilities."""
         return model(x).float().softmax(-1)
+
+    @torch.no_grad()
+    def confusion(self, model: nn.Module, split: str, batch_size: int = 1024) -> Tensor:
+        """The split's (k, k) confusion counts on the CPU, true class down, predicted across."""
+        was_training = model.training
+        model.eval()
+        k = int(self.meta["num_classes"])
+        total = torch.zeros(k, k, device=self.device)
+        for x, y in self.batches(split, batch_size):
+            total += confusion_counts(y, model(x).argmax(-1), k)
+        model.train(was_training)
+        return total.cpu()
+
+    def breakdown(self, model: nn.Module, split: str = "test") -> dict[str, Any]:
+        """Precision, recall, F1 and support per class on val and test (summary.json's per_class)."""
+        names = list(self.meta.get("class_names") or range(int(self.meta["num_classes"])))
+        return {"per_class": {s: per_class(self.confusion(model, s), [str(n) for n in names])
+                              for s in ("val", "test")}}
 
 
 class RegressTask(Task):

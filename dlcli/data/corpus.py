@@ -29,7 +29,8 @@ from dlcli.data.cache import cache_dir
 from dlcli.data.corpus_stream import (SPLITS, Corpus, Stream, corpus_of, split_tensors, tokens_of_file,
                                       tokens_of_pieces, word_pattern)
 from dlcli.data.download import download_zip_member, sha256_of
-from dlcli.data.word_vectors import evaluate_embeddings, finish_run, read_analogies, read_similarity, save_word2vec
+from dlcli.data.word_vectors import evaluate_embeddings, finish_run, read_analogies, read_similarity
+from dlcli.models.vectors_file import save_word2vec
 from dlcli.models.word2vec import InPlaceTraining, cpu_kernel
 
 MIN_KEPT_WORDS = 100  # a train split expected to keep fewer words after subsampling has (next to) no pair: refused

@@ -1,5 +1,6 @@
 """Word vectors after training: neighbours, analogies, word-similarity, word2vec text/binary export, a PCA map, and
-the `dl sample` / `dl export` commands for embedding checkpoints.
+the `dl sample` / `dl export` commands for embedding checkpoints. The word2vec file format itself (save_word2vec, and
+read_word2vec for pretrained embeddings) is in models/vectors_file.py.
 
 Scores follow gensim's KeyedVectors so numbers compare: cosine similarity; analogies by 3CosAdd over the most
 frequent `restrict` words, the three question words excluded; similarity as Spearman's rho over pairs in vocabulary.
@@ -210,27 +211,3 @@ def show_analogy_examples(unit: Tensor, vocab: list[str], index: dict[str, int],
         lines.append(f"  {b} - {a} + {c} = {best} {score:.2f} {mark}")
     if lines:
         make_console().print("analogies (test):\n" + "\n".join(lines), highlight=False)
-
-# --------------------------------------------------------------------------------------------------- export
-def save_word2vec(path: Path, vocab: list[str], vectors: Tensor, binary: bool = False) -> Path:
-    """The word2vec C tool's format: a `count size` header, then a word and its vector a line (text: decimals;
-    binary: little-endian float32 after the word and a space). gensim's KeyedVectors.load_word2vec_format reads
-    both."""
-    v = vectors.detach().float().cpu().contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(f"{len(vocab)} {v.shape[1]}\n".encode())
-            if binary:
-                arr = v.numpy().astype("<f4")
-                for word, row in zip(vocab, arr):
-                    f.write(word.encode() + b" " + row.tobytes() + b"\n")
-            else:
-                for word, row in zip(vocab, v.tolist()):
-                    f.write((word + " " + " ".join(f"{x:.6g}" for x in row) + "\n").encode())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave half a file behind
-        raise
-    return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from dlcli.base.errors import UserError, choices
 
@@ -22,3 +22,9 @@ def int_list(value: Any, key: str) -> list[int]:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise UserError(f"{key}={values}: needs positive integers, e.g. [64,64]")
     return values
+
+
+def masked_mean(h: Tensor, keep: Tensor) -> Tensor:
+    """The mean over the steps of (N, T, d) states where keep (N, T) is True: a padded text's own tokens only."""
+    w = keep.unsqueeze(-1).to(h.dtype)
+    return (h * w).sum(1) / w.sum(1).clamp(min=1)

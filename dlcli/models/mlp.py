@@ -1,4 +1,5 @@
-"""Multi-layer perceptron: (Linear -> [norm] -> activation -> [dropout]) per hidden layer, then a Linear head."""
+"""Multi-layer perceptron: (Linear -> [norm] -> activation -> [dropout]) per hidden layer, then a Linear head.
+On texts (token ids), a bag of embeddings in front of it (fastText): the mean of a text's word vectors."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from dlcli.base.errors import UserError
-from dlcli.models.common import activation, int_list
+from dlcli.models.common import activation, int_list, masked_mean
 from dlcli.models.family import Family
+from dlcli.models.pretrained import WordVectors
 
 NORMS = {"none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
@@ -39,12 +41,34 @@ class MLP(nn.Module):
         return self.head(self.body(x.flatten(1)))
 
 
-def build(cfg: Any, meta: dict) -> MLP:
+class BagOfEmbeddings(nn.Module):
+    """fastText-style: right-padded token ids -> the mean of the text's word vectors (pads left out) -> the MLP."""
+
+    def __init__(self, embed: nn.Module, pad_id: int, mlp: MLP):
+        super().__init__()
+        self.pad_id = pad_id
+        self.embed = embed
+        self.mlp = mlp
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(masked_mean(self.embed(x), x != self.pad_id))
+
+
+def build(cfg: Any, meta: dict) -> nn.Module:
     out = meta.get("num_classes") or meta["output_size"]
-    return MLP(math.prod(meta["input_shape"]), out, int_list(cfg.hidden_sizes, "model.hidden_sizes") if
-               cfg.hidden_sizes else [], cfg.activation, float(cfg.dropout), cfg.norm)
+    hidden = int_list(cfg.hidden_sizes, "model.hidden_sizes") if cfg.hidden_sizes else []
+    size = int(cfg.get("embedding_size", 64))
+    if "pad_id" in meta and size < 1:
+        raise UserError(f"model.embedding_size={size}: must be a positive integer")
+    vectors = WordVectors(cfg, meta, size, "model.embedding_size")  # pretrained ones, if any
+    if "pad_id" in meta:  # texts
+        mlp = MLP(vectors.width, out, hidden, cfg.activation, float(cfg.dropout), cfg.norm)  # first, as before
+        return vectors.fill(BagOfEmbeddings(vectors.table("vocab"), int(meta["pad_id"]), mlp))
+    return vectors.fill(MLP(math.prod(meta["input_shape"]), out, hidden, cfg.activation, float(cfg.dropout),
+                            cfg.norm))
 
 
 FAMILIES = {"mlp": Family(build, {("classify", "vector"), ("regress", "vector"), ("classify", "image"),
-                                  ("regress", "image"), ("auto", "vector")},
-                          "multi-layer perceptron: Linear -> [norm] -> activation -> [dropout] per hidden layer")}
+                                  ("regress", "image"), ("auto", "vector"), ("classify", "text")},
+                          "multi-layer perceptron: Linear -> [norm] -> activation -> [dropout] per hidden layer; "
+                          "a bag of word embeddings for texts")}

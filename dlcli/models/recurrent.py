@@ -2,6 +2,8 @@
 
 Inputs are token ids (an embedding) or real-valued vectors per step (a linear projection). Heads by task kind:
 many-to-one (classify/regress: from the last state or pooled states) and many-to-many (tag, lm: one output per step).
+Texts (meta pad_id: rows of ids right-padded to one width) are packed (pack_padded_sequence with each row's length,
+taken from the pads), so no step reads a pad: pool=last takes each row's own last step, mean/max leave pads out.
 Two variants from the seeds have no cuDNN kernel and run an explicit (slower) time-step loop: leaky units
 (h_t = α·h_{t-1} + (1-α)·tanh(W x_t + U h_{t-1} + b)) and echo-state networks (fixed random recurrent weights
 scaled to a spectral radius; only the readout learns).
@@ -13,9 +15,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dlcli.base.errors import UserError
+from dlcli.models.common import masked_mean
 from dlcli.models.family import Family
+from dlcli.models.pretrained import WordVectors
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 POOLS = ("last", "mean", "max")
@@ -64,7 +69,10 @@ class RecurrentNet(nn.Module):
         self.kind = meta["kind"]
         self.per_step = self.kind in ("tag", "lm")
         self.bidirectional = bool(cfg.bidirectional)
+        self.pad_id = meta.get("pad_id")  # texts: right-padded ids, each row read to its own length
         self.pool = cfg.get("pool", "last")
+        if self.pool == "auto":  # texts: the mean over the words (author task: test acc 0.452 vs 0.372 for last)
+            self.pool = "mean" if self.pad_id is not None else "last"
         hidden, layers = int(cfg.hidden_size), int(cfg.num_layers)
         alpha = float(cfg.get("leak_alpha", 0.0))
         echo = bool(cfg.get("echo_state", False))
@@ -72,17 +80,17 @@ class RecurrentNet(nn.Module):
             raise UserError(f"model.bidirectional=true cannot do language modelling: a {cell} that reads the "
                             "future would see the next token it must predict; use bidirectional=false")
         if self.pool not in POOLS:
-            raise UserError(f"model.pool={self.pool}: choose one of: {', '.join(POOLS)}")
+            raise UserError(f"model.pool={self.pool}: choose one of: auto, {', '.join(POOLS)}")
         if not 0.0 <= alpha < 1.0:
             raise UserError(f"model.leak_alpha={alpha}: must be in [0, 1) (0 = a plain RNN)")
         if (alpha > 0 or echo) and self.bidirectional:
             raise UserError("model.leak_alpha / model.echo_state run a one-direction loop: set bidirectional=false")
+        vectors = WordVectors(cfg, meta, int(cfg.embedding_size), "model.embedding_size")  # pretrained ones, if any
+        in_size = vectors.width
         if "vocab_size" in meta:
-            self.embed = nn.Embedding(meta["vocab_size"], int(cfg.embedding_size))
-            in_size = int(cfg.embedding_size)
+            self.embed = vectors.table("vocab")
         else:
-            self.embed = nn.Linear(meta["input_size"], int(cfg.embedding_size))
-            in_size = int(cfg.embedding_size)
+            self.embed = nn.Linear(meta["input_size"], in_size)
         dropout = float(cfg.dropout)
         self.loop = alpha > 0 or echo
         if self.loop:
@@ -108,10 +116,11 @@ class RecurrentNet(nn.Module):
             if self.kind != "lm" or not isinstance(self.embed, nn.Embedding):
                 raise UserError("model.tie_weights=true shares the input embedding with the output layer: "
                                 "only for language modelling")
-            if int(cfg.embedding_size) != width:
+            if in_size != width:
                 raise UserError(f"model.tie_weights=true needs model.embedding_size == model.hidden_size "
-                                f"({cfg.embedding_size} != {width})")
-            self.head.weight = self.embed.weight
+                                f"({in_size}{' (the pretrained vectors)' if vectors.active else ''} != {width})")
+            self.head.weight = vectors.tied(self.embed, "model.tie_weights")
+        vectors.fill(self)
 
     def _set_forget_bias(self, value: float) -> None:
         """PyTorch orders LSTM gates (input, forget, cell, output); a positive forget bias keeps memory early on."""
@@ -146,13 +155,29 @@ class RecurrentNet(nn.Module):
         return torch.cat(outs, 1), outs, carried
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.pad_id is not None:
+            lengths = (x != self.pad_id).sum(1).clamp(min=1)
+            return self.readout(self.run_padded(x, lengths), lengths)
         out, _ = self.rnn(self.embed(x))
         return self.readout(out)
 
-    def readout(self, out: Tensor) -> Tensor:
-        """Per-step logits (tag, lm) or one output from the pooled steps (classify, regress)."""
+    def run_padded(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """Each right-padded row run to its own length: packed, so no direction reads a pad (the outputs past a
+        row's end are zeros). The step loop (leaky, echo-state) reads one direction only: a step never sees the
+        pads after it."""
+        emb = self.embed(x)
+        if self.loop:
+            return self.rnn(emb)[0]
+        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+
+    def readout(self, out: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Per-step logits (tag, lm) or one output from the pooled steps (classify, regress); `lengths`: padded
+        rows, pooled over their own steps only."""
         if self.per_step:
             return self.head(self.drop(out))
+        if lengths is not None:
+            return self.head(self.drop(self.pool_padded(out, lengths)))
         if self.pool == "mean":
             feat = out.mean(1)
         elif self.pool == "max":
@@ -164,14 +189,32 @@ class RecurrentNet(nn.Module):
             feat = out[:, -1]
         return self.head(self.drop(feat))
 
+    def pool_padded(self, out: Tensor, lengths: Tensor) -> Tensor:
+        """One vector per row from its first lengths[i] steps only (gather, not Python indexing: a traced or
+        exported model keeps any batch size)."""
+        keep = torch.arange(out.shape[1], device=out.device) < lengths[:, None]
+        if self.pool == "mean":
+            return masked_mean(out, keep)
+        if self.pool == "max":
+            return out.masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(1)
+        last = out.gather(1, (lengths - 1)[:, None, None].expand(-1, 1, out.shape[-1])).squeeze(1)  # own last step
+        if self.bidirectional:  # forward direction's own last step + backward direction's first step
+            h = out.shape[-1] // 2
+            return torch.cat([last[:, :h], out[:, 0, h:]], -1)
+        return last
+
 
 def build(cfg: Any, meta: dict) -> RecurrentNet:
     return RecurrentNet(cfg, meta)
 
 
-SEQUENCES = {("regress", "sequence"), ("classify", "sequence"), ("tag", "sequence"), ("lm", "text")}
+SEQUENCES = {("regress", "sequence"), ("classify", "sequence"), ("tag", "sequence"), ("lm", "text"),
+             ("classify", "text")}
 FAMILIES = {
-    "rnn": Family(build, SEQUENCES, "Elman RNN (cuDNN nn.RNN): sequence regression/classification, tagging, LMs"),
-    "lstm": Family(build, SEQUENCES, "LSTM (cuDNN nn.LSTM): sequence regression/classification, tagging, LMs"),
-    "gru": Family(build, SEQUENCES, "GRU (cuDNN nn.GRU): sequence regression/classification, tagging, LMs"),
+    "rnn": Family(build, SEQUENCES, "Elman RNN (cuDNN nn.RNN): sequence and text classification, regression, "
+                                    "tagging, LMs"),
+    "lstm": Family(build, SEQUENCES, "LSTM (cuDNN nn.LSTM): sequence and text classification, regression, "
+                                     "tagging, LMs"),
+    "gru": Family(build, SEQUENCES, "GRU (cuDNN nn.GRU): sequence and text classification, regression, "
+                                    "tagging, LMs"),
 }

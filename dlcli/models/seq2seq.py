@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from dlcli.base.errors import UserError
 from dlcli.base.tokens import PAD
 from dlcli.models.family import Family
+from dlcli.models.pretrained import WordVectors
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 SCORES = ("additive", "dot", "general")
@@ -81,13 +82,15 @@ class EncoderDecoder(nn.Module):
         self.tf_ratio = self.tf_start
         rnn = CELLS[cfg.cell]
         between = dropout if layers > 1 else 0.0
-        self.src_embed = nn.Embedding(meta["src_vocab_size"], emb, padding_idx=PAD)
+        vectors = WordVectors(cfg, meta, emb, "model.embedding_size")  # pretrained ones (both sides), if any
+        emb = vectors.width
+        self.src_embed = vectors.table("src_vocab", padding_idx=PAD)
         self.encoder = rnn(emb, hidden, layers, batch_first=True, dropout=between, bidirectional=self.bidirectional)
         enc_width = hidden * (2 if self.bidirectional else 1)
         self.bridge_h = nn.Linear(enc_width, hidden)
         self.bridge_c = nn.Linear(enc_width, hidden) if cfg.cell == "lstm" else None
         self.use_attention = cfg.name == "attention"
-        self.tgt_embed = nn.Embedding(meta["tgt_vocab_size"], emb, padding_idx=PAD)
+        self.tgt_embed = vectors.table("tgt_vocab", padding_idx=PAD)
         # seq2seq: the context vector is also fed to every decoder step (Cho et al. 2014), not only as h_0
         self.decoder = rnn(emb + (0 if self.use_attention else hidden), hidden, layers, batch_first=True,
                            dropout=between)
@@ -96,6 +99,7 @@ class EncoderDecoder(nn.Module):
             self.combine = nn.Linear(hidden + enc_width, hidden)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, meta["tgt_vocab_size"])
+        vectors.fill(self)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the loop at the start of each epoch: the teacher-forcing schedule."""

@@ -1,4 +1,5 @@
-"""`transformer`: decoder-only language models and encoder-decoder seq2seq on F.scaled_dot_product_attention.
+"""`transformer`: decoder-only language models, encoder-decoder seq2seq and encoder text classifiers on
+F.scaled_dot_product_attention.
 
 Every piece of the block is a switch (conf/model/transformer.yaml): d_model, heads, layers, ff_size, dropout,
 pre-/post-norm, residual connections on/off, positional encoding sinusoidal | learned | none, tied embeddings,
@@ -18,12 +19,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlcli.base.errors import UserError, choices
-from dlcli.base.tokens import PAD
+from dlcli.base.tokens import BOS, PAD
+from dlcli.models.common import masked_mean
 from dlcli.models.family import Family
+from dlcli.models.pretrained import WordVectors, table_of
 
 NORMS = ("pre", "post")
 POSITIONALS = ("sinusoidal", "learned", "none")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+POOLS = ("mean", "cls")  # text classifiers: the mean over a text's tokens | the state of a <bos> put in front
 
 
 @dataclass
@@ -40,19 +44,23 @@ class Settings:
     tie_embeddings: bool
     activation: str
     causal: bool
+    vectors: WordVectors  # model.pretrained_embeddings (models/pretrained.py): the token tables, d_model may follow
 
 
-def settings(cfg: Any) -> Settings:
+def settings(cfg: Any, meta: dict) -> Settings:
     """Read and check cfg.model: every mistake is one line naming the key, the value and the valid choices."""
-    s = Settings(int(cfg.d_model), int(cfg.heads), int(cfg.layers), int(cfg.ff_size), float(cfg.dropout),
+    vectors = WordVectors(cfg, meta, int(cfg.d_model), "model.d_model")
+    s = Settings(vectors.width, int(cfg.heads), int(cfg.layers), int(cfg.ff_size), float(cfg.dropout),
                  str(cfg.norm), bool(cfg.residual), str(cfg.positional), int(cfg.max_len),
-                 bool(cfg.tie_embeddings), str(cfg.activation), bool(cfg.get("causal", True)))
+                 bool(cfg.tie_embeddings), str(cfg.activation), bool(cfg.get("causal", True)), vectors)
     for key in ("d_model", "heads", "layers", "ff_size", "max_len"):
         if getattr(s, key) < 1:
             raise UserError(f"model.{key}={getattr(s, key)}: must be a positive integer")
     if s.d_model % s.heads:
         valid = [h for h in range(1, min(s.d_model, 64) + 1) if s.d_model % h == 0]
-        raise UserError(f"model.heads={s.heads}: model.d_model={s.d_model} must split evenly into heads; "
+        follows = " (the pretrained vectors' width; model.embedding_projection=true keeps yours)" \
+            if s.d_model != int(cfg.d_model) else ""
+        raise UserError(f"model.heads={s.heads}: model.d_model={s.d_model}{follows} must split evenly into heads; "
                         f"choose one of: {', '.join(map(str, valid))} (or change d_model)")
     if not 0.0 <= s.dropout < 1.0:
         raise UserError(f"model.dropout={s.dropout}: must be in [0, 1)")
@@ -66,17 +74,16 @@ def sinusoidal(positions: Tensor, d: int) -> Tensor:
     """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...): computed for any position, no table."""
     freq = torch.exp(torch.arange(0, d, 2, device=positions.device) * (-math.log(10000.0) / d))
     angles = positions.float()[:, None] * freq
-    pe = torch.zeros(len(positions), d, device=positions.device)
-    pe[:, 0::2], pe[:, 1::2] = angles.sin(), angles.cos()[:, : d // 2]
-    return pe
+    # sin, cos interleaved (built, not written into a zeros table: a traced or exported model keeps any length)
+    return torch.stack([angles.sin(), angles.cos()], -1).flatten(1)[:, :d]
 
 
 class Embedding(nn.Module):
     """Token embedding (scaled by sqrt(d_model), as in the paper) + positional encoding, then dropout."""
 
-    def __init__(self, vocab: int, s: Settings):
+    def __init__(self, side: str, s: Settings):
         super().__init__()
-        self.tokens = nn.Embedding(vocab, s.d_model)
+        self.tokens = s.vectors.table(side)  # vocabulary `side` of the task's meta (vocab, src_vocab, tgt_vocab)
         self.kind, self.scale = s.positional, math.sqrt(s.d_model)
         self.positions = nn.Embedding(s.max_len, s.d_model) if s.positional == "learned" else None
         self.drop = nn.Dropout(s.dropout)
@@ -192,7 +199,7 @@ def init_weights(model: nn.Module, layers: int) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
     for m in model.modules():  # token vectors: N(0, 1/d) x sqrt(d) = unit scale, on a par with sinusoids (T2T)
         if isinstance(m, Embedding):
-            nn.init.normal_(m.tokens.weight, 0.0, m.scale ** -1)
+            nn.init.normal_(table_of(m.tokens).weight, 0.0, m.scale ** -1)
 
 
 class TransformerLM(nn.Module):
@@ -208,13 +215,13 @@ class TransformerLM(nn.Module):
                   "loss will look excellent and generated text will not", file=sys.stderr)
         self.causal = s.causal
         self.window = min(block_size, s.max_len) if s.positional == "learned" else block_size
-        self.embed = Embedding(vocab_size, s)
+        self.embed = Embedding("vocab", s)
         self.blocks = nn.ModuleList(Block(s, cross=False) for _ in range(s.layers))
         self.norm = nn.LayerNorm(s.d_model) if s.norm == "pre" else nn.Identity()
         self.head = nn.Linear(s.d_model, vocab_size, bias=False)
         init_weights(self, s.layers)
         if s.tie_embeddings:
-            self.head.weight = self.embed.tokens.weight
+            self.head.weight = s.vectors.tied(self.embed.tokens, "model.tie_embeddings")
 
     def run(self, x: Tensor, caches: list | None = None, start: int = 0) -> tuple[Tensor, list]:
         h = self.embed(x, start)
@@ -270,10 +277,9 @@ class TransformerSeq2Seq(nn.Module):
                 raise UserError(f"model.max_len={s.max_len}: the learned position table must cover the longest "
                                 f"sequence ({key}={meta[key]}); set model.max_len>={meta[key]}")
         self.causal = s.causal
-        self.src_embed = Embedding(int(meta["src_vocab_size"]), s)
+        self.src_embed = Embedding("src_vocab", s)
         same_vocab = list(meta.get("src_vocab", [])) == list(meta.get("tgt_vocab", [None]))
-        self.tgt_embed = self.src_embed if s.tie_embeddings and same_vocab else Embedding(
-            int(meta["tgt_vocab_size"]), s)
+        self.tgt_embed = self.src_embed if s.tie_embeddings and same_vocab else Embedding("tgt_vocab", s)
         self.encoder = nn.ModuleList(Block(s, cross=False) for _ in range(s.layers))
         self.decoder = nn.ModuleList(Block(s, cross=True) for _ in range(s.layers))
         self.enc_norm = nn.LayerNorm(s.d_model) if s.norm == "pre" else nn.Identity()
@@ -281,16 +287,10 @@ class TransformerSeq2Seq(nn.Module):
         self.head = nn.Linear(s.d_model, int(meta["tgt_vocab_size"]), bias=False)
         init_weights(self, 2 * s.layers)
         if s.tie_embeddings:
-            self.head.weight = self.tgt_embed.tokens.weight
+            self.head.weight = s.vectors.tied(self.tgt_embed.tokens, "model.tie_embeddings")
 
     def encode(self, src: Tensor) -> Memory:
-        keep = src != PAD
-        keep[:, 0] |= ~keep.any(1)  # an all-padding row would make softmax over nothing (NaN)
-        mask = keep[:, None, None, :]
-        h = self.src_embed(src)
-        for block in self.encoder:
-            h, _, _ = block(h, mask=mask)
-        h = self.enc_norm(h)
+        h, mask = encode_padded(self.src_embed, self.encoder, self.enc_norm, src)
         return Memory(h, mask, [block.cross_attn.project_kv(h) for block in self.decoder])
 
     def decode(self, tokens: Tensor, memory: Memory, caches: list | None = None, start: int = 0,
@@ -321,14 +321,60 @@ class TransformerSeq2Seq(nn.Module):
                 "length": state["length"]}
 
 
+class TransformerClassifier(nn.Module):
+    """Encoder over right-padded token ids (texts) -> one vector -> a Linear head. Pads are masked out of every
+    attention and of the pooling, so a text scores the same whatever it is padded to. pool=mean: the mean of the
+    top states over the text's tokens; pool=cls: a <bos> put in front of every text, its top state (BERT's [CLS])."""
+
+    def __init__(self, s: Settings, meta: dict, pool: str):
+        super().__init__()
+        if pool not in POOLS:
+            raise UserError(f"model.pool={pool}: no such pooling for a text classifier{choices(pool, POOLS)}")
+        longest = int(meta["max_len"]) + (pool == "cls")
+        if s.positional == "learned" and longest > s.max_len:
+            raise UserError(f"model.max_len={s.max_len}: the learned position table must cover the longest text "
+                            f"(dataset.max_len={meta['max_len']}{' + the <bos> of pool=cls' if pool == 'cls' else ''}"
+                            f"); set model.max_len>={longest}")
+        self.pool, self.pad_id = pool, int(meta["pad_id"])
+        self.embed = Embedding("vocab", s)
+        self.blocks = nn.ModuleList(Block(s, cross=False) for _ in range(s.layers))
+        self.norm = nn.LayerNorm(s.d_model) if s.norm == "pre" else nn.Identity()
+        self.head = nn.Linear(s.d_model, int(meta["num_classes"]))
+        init_weights(self, s.layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pool == "cls":
+            x = torch.cat([torch.full_like(x[:, :1], BOS), x], 1)
+        h, mask = encode_padded(self.embed, self.blocks, self.norm, x, self.pad_id)
+        return self.head(h[:, 0] if self.pool == "cls" else masked_mean(h, mask[:, 0, 0]))
+
+
+def encode_padded(embed: Embedding, blocks: nn.ModuleList, norm: nn.Module, tokens: Tensor,
+                  pad: int = PAD) -> tuple[Tensor, Tensor]:
+    """Self-attention blocks (no causal mask) over right-padded rows, the padded positions masked out as keys.
+    Returns the top states (N, S, d) and the attend-mask (N, 1, 1, S), True = a token."""
+    keep = tokens != pad
+    # an all-padding row would make softmax over nothing (NaN): its first position stays (no in-place |=: ONNX)
+    keep = keep | (~keep.any(1, keepdim=True) & (torch.arange(keep.shape[1], device=keep.device) == 0))
+    mask = keep[:, None, None, :]
+    h = embed(tokens)
+    for block in blocks:
+        h, _, _ = block(h, mask=mask)
+    return norm(h), mask
+
+
 def build(cfg: Any, meta: dict) -> nn.Module:
-    s = settings(cfg)
-    if meta["kind"] == "lm":
-        return TransformerLM(s, int(meta["vocab_size"]), int(meta["block_size"]))
+    s = settings(cfg, meta)
+    if meta["kind"] == "lm":  # the vectors' rows go in after each model's own init
+        return s.vectors.fill(TransformerLM(s, int(meta["vocab_size"]), int(meta["block_size"])))
     if meta["kind"] == "seq2seq":
-        return TransformerSeq2Seq(s, meta)
-    raise UserError(f"model=transformer cannot learn a {meta['kind']} task; it does lm and seq2seq")
+        return s.vectors.fill(TransformerSeq2Seq(s, meta))
+    if meta["kind"] == "classify" and "pad_id" in meta:
+        return s.vectors.fill(TransformerClassifier(s, meta, str(cfg.get("pool", "mean"))))
+    raise UserError(f"model=transformer cannot learn a {meta['kind']} task on these inputs; it does lm, seq2seq "
+                    "and text classification")
 
 
-FAMILIES = {"transformer": Family(build, {("seq2seq", "pairs"), ("lm", "text")},
-                                  "Transformer (Vaswani 2017): encoder-decoder for pairs, decoder-only for LMs")}
+FAMILIES = {"transformer": Family(build, {("seq2seq", "pairs"), ("lm", "text"), ("classify", "text")},
+                                  "Transformer (Vaswani 2017): encoder-decoder for pairs, decoder-only for LMs, "
+                                  "encoder for text classes")}

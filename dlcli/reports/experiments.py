@@ -16,6 +16,8 @@ An experiment file (conf/experiment/NAME.yaml) lists its runs in hydra.sweeper.p
         - {plot: bars, metric: test/mse, baseline: 0.1667, baseline_label: always the mean}
         - {plot: by_length}         # seq2seq: test exact match by source length (summary.json)
         - {plot: grad_time}         # recurrent: ||dLoss/d state_t|| per time step (plots/grad_time.json)
+        - {plot: by_setting, metric: test/acc, x: dataset.per_class, lines: experiment.embeddings, logx: true}
+                                    # a metric against one swept setting, a line per value of another
 
 It writes <sweep>/<name>.png and <sweep>/<name>.csv and prints the table.
 """
@@ -178,7 +180,8 @@ def report_experiment(sweep_dir: Path, jobs: list[Path], block: dict) -> list[Pa
 # ------------------------------------------------------------------------------------------------------ picture
 def lesson_figure(runs: list[Run], panels: list[dict], path: Path, title: str) -> Path | None:
     """One subplot per panel that has data, every run in the same colour throughout."""
-    drawers = {"curves": _curves, "bars": _bars, "by_length": _by_length, "grad_time": _grad_time}
+    drawers = {"curves": _curves, "bars": _bars, "by_length": _by_length, "grad_time": _grad_time,
+               "by_setting": _by_setting}
     panels = [p for p in panels if _has_data(p, runs)]
     if not panels:
         return None
@@ -202,13 +205,13 @@ def _has_data(panel: dict, runs: list[Run]) -> bool:
     kind = panel.get("plot")
     if kind == "curves":
         return any(r.series(panel["metric"]) for r in runs)
-    if kind == "bars":
+    if kind in ("bars", "by_setting"):
         return any(r.value(panel["metric"]) is not None for r in runs)
     if kind == "by_length":
         return any(r.summary.get("exact_by_source_length") for r in runs)
     if kind == "grad_time":
         return any(r.grad_time for r in runs)
-    raise ValueError(f"experiment panel plot={kind}: use curves, bars, by_length or grad_time")
+    raise ValueError(f"experiment panel plot={kind}: use curves, bars, by_length, grad_time or by_setting")
 
 
 def _legend(ax: Any, n: int) -> None:
@@ -298,3 +301,46 @@ def _grad_time(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     ax.set_xlabel("time step t (1 = first input)")
     ax.set_ylabel(panel.get("ylabel", "||dLoss / d state_t||"))
     _legend(ax, len(runs))
+
+
+def _by_setting(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
+    """panel.metric against the swept setting panel.x (numbers on a number axis), a line per value of panel.lines."""
+    lines: dict[str, list[tuple[Any, float]]] = {}
+    for r in runs:
+        over = dict(o.lstrip("+").split("=", 1) for o in recorded_overrides(r.job) if "=" in o)
+        value = r.value(panel["metric"])
+        if value is not None:
+            lines.setdefault(over.get(panel["lines"], "(default)"), []).append((over.get(panel["x"], "-"), value))
+    xs = list(dict.fromkeys(x for pts in lines.values() for x, _ in pts))
+    numeric = all(_is_float(x) for x in xs)
+    palette = _palette()
+    for i, (name, pts) in enumerate(lines.items()):
+        pts = sorted(pts, key=lambda p: float(p[0]) if numeric else xs.index(p[0]))
+        ax.plot([float(x) if numeric else xs.index(x) for x, _ in pts], [v for _, v in pts], "-o", markersize=4,
+                color=palette[i % len(palette)], label=name)
+    if panel.get("logx") and numeric:
+        ax.set_xscale("log")
+        ax.minorticks_off()  # the swept values alone, not 5x10^0 between them
+        ax.set_xticks([float(x) for x in xs], xs)
+    elif not numeric:
+        ax.set_xticks(range(len(xs)), xs)
+    if panel.get("baseline") is not None:
+        ax.axhline(float(panel["baseline"]), color="black", linestyle="--", linewidth=1,
+                   label=panel.get("baseline_label", "baseline"))
+    ax.set_xlabel(panel["x"].rsplit(".", 1)[-1])
+    ax.set_ylabel(panel.get("ylabel", panel["metric"]))
+    _legend(ax, len(lines) + (panel.get("baseline") is not None))
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _palette() -> tuple:
+    from matplotlib import colormaps  # lazy: matplotlib, only when drawing
+
+    return colormaps["tab10"].colors

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from dlcli.data.pairs import output_tokens, visible_tokens
+from dlcli.engine.lr_find import LRFind
 from dlcli.models.decoding import greedy_decode
 
 
@@ -146,8 +147,7 @@ def confusion_matrix(counts: torch.Tensor, class_names: list[str], path: Path, t
                         color="white" if v > thresh else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     acc = counts.diag().sum().item() / max(counts.sum().item(), 1)
-    ax.set_title(f"{title}  (accuracy {acc:.4f})")
-    return save_figure(fig, path)
+    return save_figure(fig, path, f"{title} (accuracy {acc:.4f})")  # wrapped to the figure's width
 
 
 def prediction_scatter(true: torch.Tensor, pred: torch.Tensor, path: Path, title: str) -> Path:
@@ -198,7 +198,8 @@ def grad_through_time(model: torch.nn.Module, task: Any, batch_size: int = 64) -
 
     How much of the error signal reaches each step through the recurrence: it fades towards early steps when
     gradients vanish (a plain RNN on a long sequence) and stays up when gates carry it (LSTM, GRU)."""
-    if not hasattr(model, "unrolled") or getattr(model, "bidirectional", False):
+    if not hasattr(model, "unrolled") or getattr(model, "bidirectional", False) or \
+            getattr(model, "pad_id", None) is not None:  # texts: rows of many lengths, each read to its own end
         return None
     outs: list[torch.Tensor] = []
     carried: list[tuple[torch.Tensor, ...]] = []
@@ -263,13 +264,12 @@ def plot_run(run_dir: Path, rows: list[dict], task: Any, model: torch.nn.Module,
                                  f"word vectors, 2-D PCA of the most frequent words: {name}")]
     if task.kind not in ("classify", "regress"):
         return paths
-    true, pred = predict_split(model, task, "test", batch_size)
     if task.kind == "classify":
-        k = task.meta["num_classes"]
-        counts = torch.bincount(true * k + pred, minlength=k * k).reshape(k, k)
+        counts = task.confusion(model, "test", batch_size).long()
         paths.append(confusion_matrix(counts, task.meta["class_names"], out / "confusion.png",
                                       f"test confusion matrix: {name}"))
     elif task.kind == "regress":
+        true, pred = predict_split(model, task, "test", batch_size)
         paths.append(prediction_scatter(true, pred, out / "predictions.png", f"test predictions: {name}"))
     return paths
 
@@ -345,3 +345,31 @@ def pca_plot(vectors: torch.Tensor, vocab: list[str], path: Path, title: str, n:
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     return save_figure(fig, path)
+
+
+def lr_find_plot(found: LRFind, current_lr: float, path: Path, title: str) -> Path:
+    """trainer.lr_find: training loss against the lr (log axis), each step's and smoothed, with the lowest smoothed
+    loss, the suggestion and the lr the config had marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(found.lrs, found.losses, color="tab:blue", alpha=0.35, linewidth=1, label="loss (each step)")
+    ax.plot(found.lrs, found.smoothed, color="tab:blue", linewidth=2, label="smoothed")
+    if found.lowest is not None:
+        ax.plot([found.lrs[found.lowest]], [found.smoothed[found.lowest]], "o", color="tab:red", markersize=6,
+                label=f"lowest smoothed loss, lr {found.lrs[found.lowest]:.1e}")
+    if found.suggested_lr is not None:
+        ax.axvline(found.suggested_lr, color="tab:red", linestyle="--", linewidth=1.2,
+                   label=f"suggested {found.suggested_lr:.1e} ({found.method})")
+    if found.min_lr <= current_lr <= found.max_lr:
+        ax.axvline(current_lr, color="gray", linestyle=":", linewidth=1.2, label=f"optimizer.lr {current_lr:.1e}")
+    if found.losses:  # the start level and a bit: the last steps of a diverging sweep would flatten the rest
+        low, start = min(found.losses), found.smoothed[0]
+        top = min(max(found.losses), start + max(start - low, abs(start) * 0.1))
+        if top > low:
+            ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path, title)
