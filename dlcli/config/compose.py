@@ -16,12 +16,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from dlcli.base.errors import UserError, choices
 from dlcli.config import sweeps
 from dlcli.config.keys import has_key, leaf_keys
-from dlcli.config.schema import SCHEMA
+from dlcli.config.schema import CHOICES, SCHEMA
 from dlcli.config.search_path import UserConfigsFirst, naming_user_file
 
 CONFIG_MODULE = "dlcli.conf"
 # Keys whose default is a number but which also take one of these words (trainer.batch_size=full, epochs=auto).
 WORD_VALUES = {key: set(rule.words) for key, rule in SCHEMA.items() if rule.words}
+WORD_VALUES.update({key: {v for v in values if isinstance(v, str)} for key, values in CHOICES.items()})
 
 
 def compose_jobs(overrides: list[str], multirun: bool, config_name: str = "config",

@@ -82,9 +82,9 @@ SCHEMA: dict[str, Number] = {  # checked in this order: dataset.* first, as trai
     "dataset.test_fraction": FRACTION,
     "dataset.block_size": POSITIVE_INT,
     "dataset.batch_size": Number(integer=True, low=1, words=("full",)),
-    "dataset.epochs": Number(integer=True, low=1, high=100_000),
+    "dataset.epochs": Number(integer=True, low=1, high=100_000, words=("auto",)),  # auto: scaled to the data
     "dataset.augment.crop_padding": Number(integer=True, low=0, high=1024),  # dataset=image_folder, cifar10
-    "trainer.epochs": Number(integer=True, low=1, high=100_000, words=("auto",)),  # auto: trainer.max_time decides
+    "trainer.epochs": Number(integer=True, low=1, high=100_000, words=("auto",)),  # auto: the budget, else the data
     "trainer.batch_size": Number(integer=True, low=1, words=("full",)),
     "trainer.eval_batch_size": POSITIVE_INT,
     "trainer.limit_train_batches": Number(low=0, low_open=True, null=True),  # an integer count or a fraction: loop.py
@@ -101,6 +101,9 @@ SCHEMA: dict[str, Number] = {  # checked in this order: dataset.* first, as trai
     "trainer.early_stopping_patience": Number(integer=True, low=1, null=True),
     "trainer.min_delta": NON_NEGATIVE,
     "trainer.devices": Number(integer=True, low=1, high=1024),
+    "trainer.lr_find_steps": Number(integer=True, low=10, high=100_000),
+    "trainer.lr_find_min": POSITIVE,
+    "trainer.lr_find_max": POSITIVE,
     "optimizer.lr": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.momentum": FRACTION,
@@ -119,6 +122,14 @@ SCHEMA: dict[str, Number] = {  # checked in this order: dataset.* first, as trai
     "loss.label_smoothing": FRACTION,
     "model.dropout": FRACTION,
     "model.convs_per_block": Number(integer=True, low=1, high=16),  # model=cnn
+}
+
+
+# Keys that take one of a few values (not numbers): key -> its values. Words among them pass the composition's type
+# check (compose.py WORD_VALUES) beside the default's type.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "trainer.lr_find": (False, True, "apply"),
+    "model.embedding_projection": ("auto", True, False),  # pretrained vectors of another width (models/pretrained.py)
 }
 
 
@@ -142,6 +153,35 @@ def check_schema(cfg: DictConfig, keys: dict[str, Number] | None = None) -> None
     if sum(fractions) >= 1:
         raise UserError(f"dataset.val_fraction={fractions[0]} + dataset.test_fraction={fractions[1]} leave no "
                         "training data: together they must be < 1")
+    if keys is None:
+        _check_choices(cfg)
+        _check_lr_find(cfg)
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    for key, values in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        # by type too: 1 == True, and a quoted "true" is not the boolean
+        if value is not _ABSENT and not any(type(value) is type(v) and value == v for v in values):
+            raise UserError(f"{key}={_show(value)}{_source(cfg, key)}: must be {_either(values)}")
+
+
+def _check_lr_find(cfg: DictConfig) -> None:
+    """trainer.lr_find's sweep rises from lr_find_min to lr_find_max, on one process (engine/lr_find.py)."""
+    low, high = (OmegaConf.select(cfg, f"trainer.lr_find_{k}", default=None) for k in ("min", "max"))
+    if low is not None and high is not None and not low < high:
+        raise UserError(f"trainer.lr_find_min={low} must be below trainer.lr_find_max={high}: the sweep rises from "
+                        "the one to the other (defaults 1e-07 and 10)")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    if OmegaConf.select(cfg, "trainer.lr_find", default=False) and devices > 1:
+        raise UserError(f"trainer.lr_find with trainer.devices={devices}: the sweep runs on one process; find the "
+                        "lr with trainer.devices=1 trainer.lr_find=true, then train with optimizer.lr=<the "
+                        f"suggestion> trainer.devices={devices}")
+
+
+def _either(values: tuple[Any, ...]) -> str:
+    shown = [_show(v).lower() if isinstance(v, bool) else str(v) for v in values]
+    return ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
 _ABSENT = object()
@@ -180,7 +220,8 @@ def _show(value: Any) -> str:
 
 def ranges_help() -> str:
     """The schema as `dl train --help` shows it, one key a line."""
-    width = max(map(len, SCHEMA))
-    lines = [f"  {key:<{width}}  {rule.describe()}" for key, rule in sorted(SCHEMA.items())]
+    width = max(map(len, [*SCHEMA, *CHOICES]))
+    rules = {**{k: r.describe() for k, r in SCHEMA.items()}, **{k: _either(v) for k, v in CHOICES.items()}}
+    lines = [f"  {key:<{width}}  {rule}" for key, rule in sorted(rules.items())]
     return ("\n== Value ranges (checked before anything runs; every number must also be finite) ==\n"
             + "\n".join(lines))
