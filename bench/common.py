@@ -81,7 +81,7 @@ class DlParts:
 def build_parts(cfg: Any, task: Any = None) -> DlParts:
     """runtime, task, model, optimizer, scheduler: the same calls in the same order as dlcli.commands.train.run."""
     from dlcli.data import build_task
-    from dlcli.engine.loop import resolve_batch_size
+    from dlcli.engine.batches import resolve_batch_size
     from dlcli.engine.optim import build_optimizer, build_scheduler
     from dlcli.engine.runtime import setup
     from dlcli.models import build_model
@@ -101,7 +101,8 @@ def run_fit(parts: DlParts, logger_cls: Any = None) -> tuple[float, Any]:
     save nothing either). Returns (seconds, the metrics logger)."""
     from dlcli.base.console import make_console
     from dlcli.engine.logger import MetricsLogger, Reporter
-    from dlcli.engine.loop import LoopState, Training, fit
+    from dlcli.engine.loop import Training, fit
+    from dlcli.engine.stopping import LoopState
 
     with tempfile.TemporaryDirectory() as tmp:
         logger = (logger_cls or MetricsLogger)(Path(tmp))

@@ -41,7 +41,7 @@ def trim(task: Any, steps: int | None, batch: int) -> None:
 def bare_loop(model: torch.nn.Module, task: Any, cfg: Any, device: torch.device,
               precision: str) -> tuple[float, dict[str, float]]:
     """The hand-written loop. Returns (seconds, the last epoch's train and val loss and accuracy)."""
-    from dlcli.engine.loop import epoch_seed  # the same batch order as dl (a person would pick any seed)
+    from dlcli.engine.batches import epoch_seed  # the same batch order as dl (a person would pick any seed)
 
     t = cfg.trainer
     batch, epochs, seed = int(t.batch_size), int(t.epochs), int(t.seed)

@@ -43,6 +43,3 @@ def test_a_resume_keeps_the_plan_and_ends_annealed(dl):
     assert step_lrs(run)[-1] == 0.0
 
 
-def test_epochs_auto_without_a_budget_is_one_line(dl_inproc):
-    res = dl_inproc("train", "trainer.epochs=auto")
-    assert res.returncode == 2 and "trainer.epochs=auto trains for as long as a time budget allows" in res.stderr

@@ -31,7 +31,7 @@ def test_limits_cut_each_pass_to_a_count_or_a_share(dl):
 @pytest.mark.parametrize("limit,n,expected", [(None, 28, 28), (3, 28, 3), (100, 28, 28), (0.25, 28, 7),
                                               (0.01, 28, 1), (1.0, 28, 28), (1, 28, 1)])
 def test_a_limit_is_a_count_when_an_integer_and_a_share_when_a_fraction(limit, n, expected):
-    from dlcli.engine.loop import batch_limit
+    from dlcli.engine.batches import batch_limit
 
     assert batch_limit(limit, n, "limit_val_batches") == expected
 

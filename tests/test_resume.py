@@ -240,7 +240,8 @@ def test_fp16_grad_scaler_state_goes_into_checkpoints_and_back(monkeypatch, tmp_
     from bench.common import build_parts, compose
     from dlcli.base.console import make_console
     from dlcli.engine.logger import MetricsLogger, Reporter
-    from dlcli.engine.loop import LoopState, Training, fit
+    from dlcli.engine.loop import Training, fit
+    from dlcli.engine.stopping import LoopState
 
     cfg = compose(["trainer.epochs=2", "dataset.n_samples=300", "device=cpu"])
     parts = build_parts(cfg)
@@ -270,7 +271,7 @@ def test_an_interrupt_inside_torch_save_comes_out_as_the_interrupt(tmp_path, mon
     """A Ctrl-C that lands in torch.save's writing: the zip writer then fails on its way out ("unexpected pos"), which
     used to hide the interrupt (exit 1, a traceback); atomic_save re-raises the interrupt and leaves no temp file."""
     from dlcli.engine.checkpoint import atomic_save
-    from dlcli.engine.loop import Interrupted
+    from dlcli.engine.stopping import Interrupted
 
     real_save = torch.save
 

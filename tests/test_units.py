@@ -12,8 +12,9 @@ from omegaconf import OmegaConf
 
 from dlcli.base.task import Task, split_indices
 from dlcli.commands.hydra_app import split_args
+from dlcli.engine.batches import epoch_seed, resolve_batch_size
 from dlcli.engine.checkpoint import atomic_save
-from dlcli.engine.loop import epoch_seed, is_better, resolve_batch_size
+from dlcli.engine.loop import is_better
 from dlcli.engine.optim import build_optimizer, build_scheduler
 
 

@@ -23,7 +23,8 @@ def test_overfitting_a_flat_loss_and_a_short_budget_are_each_said_once(dl):
     assert "warning: the training loss did not fall during epoch 1" in out and "optimizer.lr (now 1e-09)" in out
 
     # one-cycle keeps its own course (the step-wise warm-up/cosine/linear/noam schedules follow a budget's plan)
-    out = dl.ok("train", "trainer.batch_size=1", "trainer.max_time=0.5", "scheduler=onecycle", *FAST).stdout
+    out = dl.ok("train", "trainer.batch_size=1", "trainer.max_time=0.5", "trainer.epochs=40", "scheduler=onecycle",
+                *FAST).stdout  # epochs given: without them the budget would decide them (trainer.epochs=auto)
     assert "warning: trainer.max_time=0.5 ended the run" in out and "into epoch 1 of 40" in out
     assert "did not fall" not in out  # an epoch cut short (still warming up) says nothing about the lr
 

@@ -16,3 +16,18 @@ def hydra_path(path: Path) -> str:
 
 def unquote(value: str) -> str:
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
+def budget_epochs(overrides: list[str]) -> list[str]:
+    """A time budget given (trainer.max_time=S) and no trainer.epochs: the budget decides how long the run trains
+    (trainer.epochs=auto) instead of the dataset's recommended epochs stopping it early. Added as an override, so
+    the run's record (.hydra/overrides.yaml), a resume and a sweep's jobs all see it."""
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    budget = [o for o in overrides if key(o) == "trainer.max_time" and "=" in o]
+    if not budget or any(key(o) == "trainer.epochs" for o in overrides):
+        return overrides
+    if all(unquote(o.split("=", 1)[1].strip()).lower() in ("null", "none", "") for o in budget):
+        return overrides
+    return [*overrides, "trainer.epochs=auto"]

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from dlcli.base.errors import UserError
+
 
 class InPlaceTrainer(Protocol):
     """What the loop needs of a trainer that updates the model itself instead of backward + optimizer.step()."""
@@ -29,6 +31,9 @@ class InPlaceTrainer(Protocol):
         ...
 
 
+AUTO_EPOCHS_MAX = 200  # trainer.epochs=auto on a tiny file: the most epochs it gets (the best checkpoint is kept)
+
+
 class Task:
     kind: str = ""
     monitor_metrics: tuple[str, ...] = ("loss",)
@@ -39,6 +44,7 @@ class Task:
         self.splits = splits
         self.meta = meta
         self.warnings: list[str] = []  # what the data suggests to change (said once by dl train)
+        self.chosen: dict[str, str] = {}  # settings left to `auto` and what the data made of them, with why
 
     def to(self, device: torch.device) -> Task:
         self.splits = {k: tuple(t.to(device) for t in v) for k, v in self.splits.items()}
@@ -71,6 +77,20 @@ class Task:
 
     def example_input(self, n: int = 2) -> Tensor:
         return self.splits["train"][0][:n]
+
+    # trainer.epochs=auto with no time budget: epochs enough to see about this many training examples (LMs: tokens)
+    auto_target: int = 200_000
+
+    def train_units(self) -> tuple[int, str]:
+        """What one epoch trains on, for trainer.epochs=auto: (how many, of what)."""
+        return self.size("train"), "examples"
+
+    def auto_epochs(self) -> tuple[int, str]:
+        """trainer.epochs=auto without trainer.max_time: epochs scaled to the data (a small file gets many, a big one
+        few), and why, for the line dl train prints and summary.json's `chosen`."""
+        n, unit = self.train_units()
+        epochs = min(max(round(self.auto_target / max(n, 1)), 1), AUTO_EPOCHS_MAX)
+        return epochs, f"about {self.auto_target:,} training {unit} in all, {n:,} an epoch"
 
     def in_place_training(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                           deterministic: bool) -> InPlaceTrainer | None:
@@ -119,3 +139,26 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     n_test = int(round(n * test_fraction))
     n_val = int(round(n * val_fraction))
     return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
+
+
+def stratified_indices(labels: Tensor, val_fraction: float, test_fraction: float, seed: int, class_names: list[str],
+                       source: str) -> tuple[Tensor, Tensor, Tensor]:
+    """A seeded shuffle within each class, cut into train/val/test: each split holds every class in its share (at
+    least one example of each in val and test when their fraction is above 0). Each split keeps the data's order."""
+    gen = torch.Generator().manual_seed(seed)
+    parts: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+    for c, name in enumerate(class_names):
+        members = (labels == c).nonzero().flatten()
+        if not len(members):  # a class this data lacks (dl eval on a file of some classes only)
+            continue
+        members = members[torch.randperm(len(members), generator=gen)]
+        n_val = max(1, round(len(members) * val_fraction)) if val_fraction > 0 else 0
+        n_test = max(1, round(len(members) * test_fraction)) if test_fraction > 0 else 0
+        if n_val + n_test >= len(members):
+            raise UserError(f"{source}: class {name!r} has {len(members)} example(s); splitting every class into "
+                            f"train/val/test needs at least {n_val + n_test + 1}: add examples of it, lower "
+                            "dataset.val_fraction / dataset.test_fraction, or give dataset.val_path and "
+                            "dataset.test_path")
+        for part, cut in zip(parts, (members[n_val + n_test:], members[:n_val], members[n_val:n_val + n_test])):
+            part.append(cut)
+    return tuple(torch.cat(p).sort().values for p in parts)  # type: ignore[return-value]

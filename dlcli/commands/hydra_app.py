@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dlcli.base.errors import UserError
-from dlcli.base.overrides import hydra_path, unquote
+from dlcli.base.overrides import budget_epochs, hydra_path, unquote
 from dlcli.base.targets import dataset_name, model_name
 from dlcli.config.compose import compose_jobs
 from dlcli.config.schema import ranges_help
@@ -36,7 +36,7 @@ MODES = {"-m": "multirun", "--multirun": "multirun", "--cfg": "cfg", "-c": "cfg"
 @hydra.main(config_path="pkg://dlcli.conf", config_name="config", version_base="1.3")
 def hydra_entry(cfg: DictConfig) -> float | None:
     """What Hydra calls once per job. Returns the best monitored value (for sweepers such as Optuna)."""
-    from dlcli.commands.train import run_job  # lazy: torch, once Hydra runs a job
+    from dlcli.commands.job import run_job  # lazy: torch, once Hydra runs a job
 
     return run_job(cfg)
 
@@ -69,6 +69,7 @@ def train_cli(args: list[str]) -> None:
     if len({MODES[f] for f in modes}) > 1:
         raise UserError(f"{' and '.join(sorted(modes))} cannot go together; give one of --multirun, --cfg, --info")
     flags, overrides, sources = take_config_sources(flags, overrides)
+    overrides = budget_epochs(overrides)
     if any(f in PASSTHROUGH for f in flags):
         try:
             with user_configs_first(sources):

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import shutil
-import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,28 +10,27 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dlcli import __version__
-from dlcli.base.console import make_console
-from dlcli.base.errors import UserError, exit_with, report
+from dlcli.base.errors import UserError
 from dlcli.base.targets import dataset_name, model_name
+from dlcli.base.task import Task
 from dlcli.config.check import check_config, check_data_fit, check_monitor
-from dlcli.config.search_path import naming_user_file
 from dlcli.data import build_task
 from dlcli.engine import distributed
+from dlcli.engine.batches import epoch_cap, eval_batches, train_batch_size, train_batches
 from dlcli.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from dlcli.engine.in_place import choose_in_place
 from dlcli.engine.logger import MetricsLogger, Reporter, SilentLogger
-from dlcli.engine.loop import (Diverged, Interrupted, LoopState, StopRequest, Training, epoch_cap, eval_batches,
-                               evaluate_split, fit, train_batch_size, train_batches)
+from dlcli.engine.loop import Training, evaluate_split, fit
+from dlcli.engine.lr_find import LRFind, find_lr, lr_keys, record_lr
 from dlcli.engine.optim import Plan, build_optimizer, build_scheduler
-from dlcli.engine.resume import recorded_sources
-from dlcli.engine.run_dir import HELD_BY_PARENT, acquire, promote_staged
-from dlcli.engine.runtime import resolve_device, rng_state, set_rng_state, setup
+from dlcli.engine.runtime import rng_state, set_rng_state, setup
+from dlcli.engine.stopping import Interrupted, LoopState, StopRequest
+from dlcli.engine.trackers import open_trackers
 from dlcli.models import build_model, count_params, summary_table
-from dlcli.reports.plots import plot_run
+from dlcli.models.pretrained import describe as describe_vectors
+from dlcli.reports.plots import lr_find_plot, plot_run
 
 
 def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | None = None,
@@ -48,6 +42,9 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     runtime = setup(cfg)
     task = build_task(cfg.dataset, cfg.loss, runtime.device)
     check_data_fit(cfg, task)
+    t = data_epochs(t, task)
+    if t.resume and cfg.model.get("pretrained_embeddings"):  # the checkpoint holds the vectors: no file is read
+        task.meta.update({k: v for k, v in load_checkpoint(t.resume)["meta"].items() if k == "pretrained"})
     model = build_model(cfg.model, task.meta).to(runtime.device)
     check_monitor(cfg, task, model)  # first forward (a user model's output shape): before the summary's own
     params = count_params(model)
@@ -57,6 +54,10 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
                  f"precision {runtime.precision}")
     if task.loading:
         reporter.say(f"data: {task.loading}")
+    for key, value in task.chosen.items():
+        reporter.say(f"auto: {key}={value}")
+    for line in describe_vectors(model, task):  # model.pretrained_embeddings: the size rule, the coverage
+        reporter.say(line)
     for warning in task.warnings:
         reporter.warn(warning)
     if t.summary:
@@ -70,6 +71,14 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
         reporter.say(f"training: word2vec's own SGD, pair by pair, in C++ on {torch.get_num_threads()} thread(s); "
                      f"steps of dataset.cpu_batch_size={batch_size} words")
     distributed.check_batch_size(batch_size)  # the global batch: each of N processes needs a row
+    found = None
+    if t.get("lr_find") and not t.resume:  # the lr range test from this start state, restored after it
+        found = find_lr(train_model, task, optimizer, runtime, t, reporter, in_place)
+        tell_lr_find(found, cfg, run_dir, reporter, bool(t.plots))
+        if t.lr_find is True:  # the test alone: no training
+            return lr_find_only(found, cfg, task, params, runtime, run_dir)
+        optimizer = build_optimizer(cfg.optimizer, model, runtime.device)  # fresh: as if the lr were set by hand
+        in_place = choose_in_place(task, model, optimizer, t, runtime)
     plan = Plan(train_batches(t, task, batch_size) * epoch_cap(t))  # trainer.max_time replans it (loop.py)
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, plan.total, t.mode, plan)
 
@@ -86,7 +95,9 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     state = resume_state(t.resume, model, optimizer, scheduler, runtime, reporter) if t.resume else LoopState()
     distributed.seed_rank(int(t.seed), state.step)
     logger = MetricsLogger(run_dir, tensorboard=bool(cfg.logger.tensorboard),
-                           resume_step=state.step if t.resume else None) if distributed.is_main() else SilentLogger()
+                           resume_step=state.step if t.resume else None,
+                           trackers=open_trackers(cfg, run_dir, bool(t.resume), reporter.say, reporter.warn)
+                           ) if distributed.is_main() else SilentLogger()
     if started is not None:
         started()
     clock = time.perf_counter()
@@ -107,6 +118,9 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
         breakdown = task.breakdown(model)
         for path in task.write_outputs(model, run_dir):
             reporter.say(f"wrote: {path}")
+    except BaseException as e:  # MLflow / W&B: how the run ended (run_job writes run.json)
+        logger.end_trackers("interrupted" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "failed")
+        raise
     finally:
         logger.close()
     wall = time.perf_counter() - clock
@@ -120,12 +134,62 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
                  "epoch": state.best_epoch},
         "final": final, "test": {f"test/{k}": v for k, v in test.items()},
         "params": params, "wall_time_s": round(wall, 3), "device": str(runtime.device), **breakdown,
-        "warnings": reporter.warnings,
+        "warnings": reporter.warnings, **({"lr_find": found.summary()} if found else {}), "chosen": task.chosen,
+        **({"pretrained": task.meta["pretrained"]} if "pretrained" in task.meta else {}),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if t.plots:
         for path in plot_run(run_dir, logger.rows, task, model, runtime, int(t.eval_batch_size)):
             reporter.say(f"plot: {path}")
+    logger.end_trackers("completed")  # with the plots and summary.json just written
+    return summary
+
+
+def data_epochs(tcfg: DictConfig, task: Task) -> DictConfig:
+    """trainer.epochs=auto with no time budget: the data decides how many (Task.auto_epochs), said in task.chosen."""
+    if str(tcfg.epochs) != "auto" or tcfg.max_time:
+        return tcfg
+    epochs, why = task.auto_epochs()
+    task.chosen["trainer.epochs"] = f"{epochs} ({why})"
+    return OmegaConf.merge(tcfg, {"epochs": epochs})
+
+
+def tell_lr_find(found: LRFind, cfg: DictConfig, run_dir: Path, reporter: Reporter, plots: bool) -> None:
+    """trainer.lr_find's outputs: lr_find.json, plots/lr_find.png and one line; with apply, the run's config takes
+    the suggestion (record_lr: checkpoints, Hydra's record, a resume)."""
+    found.write(run_dir)
+    keys = lr_keys(cfg)
+    was = float(OmegaConf.select(cfg, keys[-1]))  # the lr the run starts from (word2vec: scheduler.start_lr)
+    if plots:
+        path = lr_find_plot(found, was, run_dir / "plots" / "lr_find.png", f"lr range test: {run_dir.name}")
+        reporter.say(f"plot: {path}")
+    apply = cfg.trainer.lr_find == "apply"
+    if found.suggested_lr is None:
+        reporter.warn(f"lr_find: no suggestion, the smoothed loss did not fall, or was lowest within the first decade "
+                      f"({found.describe()}; see lr_find.json); "
+                      + ("training with the configured lr" if apply else "widen trainer.lr_find_min/lr_find_max"))
+        return
+    setting = " ".join(f"{key}={found.suggested_lr:.1e}" for key in keys)
+    said = f"lr_find: suggested {setting} ({found.method}: {found.describe()}; was {was:.3g})"
+    if apply:
+        hydra_dir = HydraConfig.get().output_subdir
+        record_lr(cfg, found.suggested_lr, run_dir / hydra_dir if hydra_dir else None)
+        reporter.say(f"{said}; training with it from the same start state")
+        return
+    rest = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("trainer.lr_find")
+            and o.split("=", 1)[0].lstrip("+~") not in keys]
+    reporter.say(f"{said}; no training was done. Train with it: {' '.join(['dl', 'train', *rest, setting])}")
+
+
+def lr_find_only(found: LRFind, cfg: DictConfig, task: Task, params: int, runtime: Any,
+                 run_dir: Path) -> dict[str, Any]:
+    """trainer.lr_find=true: the run is the test alone; summary.json says so (no epochs, no metrics)."""
+    t = cfg.trainer
+    summary = {"model": model_name(cfg.model), "dataset": dataset_name(cfg.dataset), "kind": task.kind, "epochs": 0,
+               "steps": 0, "stopped_by": "lr_find", "final": {}, "test": {}, "params": params,
+               "best": {"metric": str(t.monitor), "mode": str(t.mode), "value": None, "epoch": None},
+               "wall_time_s": round(found.seconds, 3), "device": str(runtime.device), "lr_find": found.summary()}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -134,187 +198,6 @@ def dry_run(tcfg: DictConfig) -> DictConfig:
     dir: a dry run leaves nothing)."""
     return OmegaConf.merge(tcfg, {"epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1,
                                   "limit_test_batches": 1, "overfit_batches": 0, "plots": False})
-
-
-class RunRecord:
-    """run.json: status (running|completed|failed|interrupted), command, times, versions, device, seed."""
-
-    def __init__(self, run_dir: Path, cfg: DictConfig):
-        self.path = run_dir / "run.json"
-        previous = None
-        if cfg.trainer.resume and self.path.exists():
-            try:
-                previous = json.loads(self.path.read_text())
-            except ValueError:  # unreadable: start a fresh record for this run
-                previous = None
-        elif not cfg.trainer.resume:
-            try:  # claim the directory: two runs never share one, whatever the timing
-                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                raise UserError(f"hydra.run.dir={run_dir} already holds a run (run.json); pick a new directory "
-                                "(nothing was changed)") from None
-            except OSError as e:
-                raise UserError(f"cannot write the run directory {run_dir}: {e.strerror}; run dl where you can "
-                                "write, or choose a directory with hydra.run.dir=PATH") from None
-        self.data = {
-            "status": "running",
-            "command": " ".join(["dl", "train", *_task_overrides()]),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "ended": None,
-            "model": model_name(cfg.model),
-            "dataset": dataset_name(cfg.dataset),
-            "seed": int(cfg.trainer.seed),
-            "device": str(cfg.device.get("name", "auto")),
-            "versions": {"dlcli": __version__, "torch": torch.__version__, "python": platform.python_version()},
-            "host": platform.node(),
-            "pid": os.getpid(),  # with host: `dl runs` tells a live run from one killed without a word
-        }
-        if previous:  # resumed: same run, same start; note when it was resumed
-            self.data["started"] = previous.get("started", self.data["started"])
-            self.data["command"] = previous.get("command", self.data["command"])
-            self.data["resumed"] = [*previous.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")]
-        self.run_dir = run_dir
-        self.started = not cfg.trainer.resume  # a resume writes nothing until it trains (start)
-        if self.started:
-            self.write()
-
-    def start(self) -> None:
-        """Training (re)starts: a resume now says so in run.json, and Hydra's record of it replaces the run's."""
-        if not self.started:
-            self.started = True
-            self.write()
-            promote_staged(self.run_dir)
-
-    def write(self) -> None:
-        tmp = self.path.with_name(".run.json.tmp")  # replaced whole: a kill never leaves half a run.json
-        tmp.write_text(json.dumps(self.data, indent=2))
-        os.replace(tmp, self.path)
-
-    def finish(self, status: str, **extra: Any) -> None:
-        if not self.started:  # a resume refused before it trained: the run's record stays as it was
-            return
-        self.data.update(status=status, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
-        self.write()
-
-
-def _task_overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task)
-
-
-def run_job(cfg: DictConfig) -> float | None:
-    """What Hydra calls per job: the run around run(), with its record and its failure modes."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    distributed.init(resolve_device(cfg.device))  # a submitit job with several tasks (torchrun's: joined already)
-    if cfg.trainer.get("devices", 1) > 1 and not distributed.active():
-        return _launch(cfg, run_dir)
-    try:
-        if distributed.is_main():
-            acquire(run_dir)  # a sweep's job; a single run's dir dl train holds already
-        record = RunRecord(run_dir, cfg) if distributed.is_main() else _NoRecord()
-    except UserError as e:  # another run's directory: touch nothing
-        exit_with(e)
-    console = make_console()
-    reporter = Reporter(console, enabled=bool(cfg.logger.console) and distributed.is_main())
-    # SIGINT/SIGTERM: the loop finishes its step and saves last.pt; a second signal stops at once.
-    stop = StopRequest()
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[signum] = signal.signal(signum, stop)
-        except ValueError:  # not the main thread (a threaded launcher): keep the default behaviour
-            pass
-    try:
-        summary = run(cfg, run_dir, reporter, stop, started=record.start)
-    except UserError as error:
-        runtime = HydraConfig.get().runtime  # a problem in the user's own model/dataset YAML names that file
-        e = naming_user_file(error, runtime.choices, recorded_sources(runtime.config_sources))
-        record.finish("failed", error=str(e))
-        if not distributed.is_main():  # rank 0 says it and cleans up
-            _leave(e)
-        if not (run_dir / "metrics.jsonl").exists() and not cfg.trainer.resume:  # failed before training: no run
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-        if HydraConfig.get().mode == RunMode.MULTIRUN and (run_dir / "metrics.jsonl").exists():
-            report(e)  # failed while training (diverged...): a result of the sweep, whose other jobs go on;
-            return float("nan")  # run.json says failed; Optuna counts the trial as failed
-        exit_with(e)
-    except (KeyboardInterrupt, Interrupted) as e:
-        stop.stopping = True  # more Ctrl-C from here on: ignored, the run is being closed
-        if not distributed.is_main():  # every rank stops at the same step; rank 0 tells
-            _leave(e)
-        record.finish("interrupted")
-        code = e.exit_code if isinstance(e, Interrupted) else 130
-        last = run_dir / "checkpoints" / "last.pt"
-        if last.exists():
-            console.print(f"interrupted; checkpoints/last.pt holds step {_saved_step(last)}; continue with: "
-                          f"dl train trainer.resume={run_dir}")
-        else:
-            console.print("interrupted before the first checkpoint; nothing to resume")
-        sys.exit(code)
-    except BaseException as e:
-        record.finish("failed", error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        for signum, handler in previous.items():  # (after an interrupt: ignore them, the process is ending)
-            signal.signal(signum, signal.SIG_IGN if stop.stopping else handler)
-    record.finish("completed", device=summary["device"], wall_time_s=summary["wall_time_s"])
-    if cfg.trainer.get("fast_dev_run") and distributed.is_main():
-        shutil.rmtree(run_dir, ignore_errors=True)
-        reporter.say("fast_dev_run: data, model, a training step, validation, test and checkpoints all ran (one "
-                     "batch each); nothing kept. Train for real without trainer.fast_dev_run")
-    value = summary["best"]["value"]
-    return float(value) if value is not None else None
-
-
-def _leave(e: BaseException) -> None:
-    """A rank other than 0 under DDP ends. What every rank hit (an agreed interrupt, a diverged loss) rank 0
-    reports: this one exits 0, so torchrun does not tear rank 0 down before it has recorded the run. An error of
-    this rank alone is said here and fails the group."""
-    if isinstance(e, (Interrupted, KeyboardInterrupt, Diverged)):
-        sys.exit(0)
-    report(UserError(f"rank {distributed.rank()}: {e}"))
-    sys.exit(getattr(e, "exit_code", 1))
-
-
-class _NoRecord:
-    """Ranks other than 0 under DDP: rank 0 keeps run.json."""
-
-    def start(self) -> None:
-        pass
-
-    def finish(self, status: str, **extra: Any) -> None:
-        pass
-
-
-def _launch(cfg: DictConfig, run_dir: Path) -> float | None:
-    """trainer.devices=N: run this job on N processes (torch.distributed.run), in this run dir; their rank 0
-    writes everything. Returns the best monitored value (for sweepers), or exits with the processes' exit code."""
-    argv = distributed.job_argv(_task_overrides(), cfg.trainer.resume, run_dir) + _config_args()
-    os.environ[HELD_BY_PARENT] = str(run_dir.resolve())  # this process holds the dir's lock for the ones it starts
-    try:
-        code = distributed.launch(argv, int(cfg.trainer.devices))
-    finally:
-        del os.environ[HELD_BY_PARENT]
-    if code:
-        sys.exit(code)
-    value = json.loads((run_dir / "summary.json").read_text())["best"]["value"]
-    return float(value) if value is not None else None
-
-
-def _config_args() -> list[str]:
-    """The job's primary config and the user's config folders, for the processes that run it (not in its overrides)."""
-    hydra_cfg = HydraConfig.get()
-    folders = [f"'{url}'" for url in recorded_sources(hydra_cfg.runtime.config_sources)]
-    name = hydra_cfg.job.config_name
-    return ([f"--config-name={name}"] if name and name != "config" else []) + \
-        ([f"hydra.searchpath=[{','.join(folders)}]"] if folders else [])
-
-
-def _saved_step(path: Path) -> str:
-    try:
-        return str(load_checkpoint(path)["step"])
-    except UserError:
-        return "?"
 
 
 def resume_state(where: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

@@ -15,9 +15,10 @@ from dlcli.config.listing import dataset_shapes
 from dlcli.config.schema import check_schema
 from dlcli.data import check_dataset_config
 from dlcli.engine import distributed
-from dlcli.engine.loop import batch_limit
+from dlcli.engine.batches import batch_limit
 from dlcli.engine.optim import check_optimizer, check_scheduler
 from dlcli.engine.runtime import resolve_device
+from dlcli.engine.trackers import check_trackers
 from dlcli.models import families, family
 
 MODES = ("min", "max")
@@ -33,9 +34,6 @@ def check_config(cfg: DictConfig) -> None:
     check_optimizer(cfg.optimizer)
     check_scheduler(cfg.scheduler)
     t = cfg.trainer
-    if str(t.epochs) == "auto" and not t.max_time:
-        raise UserError("trainer.epochs=auto trains for as long as a time budget allows: give one, e.g. "
-                        "trainer.max_time=600 (seconds)")
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "overfit_batches"):
         batch_limit(t.get(key), 1, key)  # an integer count or a fraction in (0, 1]: before any data is read
     if "/" not in str(t.monitor) or str(t.monitor).split("/")[0] not in ("train", "val"):
@@ -45,6 +43,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.logger.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("logger=tensorboard needs the tensorboard package: pip install 'dlcli[tensorboard]' "
                         "(or use logger=default)")
+    check_trackers(cfg.logger)  # logger=mlflow / wandb: the package is there
     distributed.check_devices(t.get("devices", 1), resolve_device(cfg.device))
 
 

@@ -56,6 +56,11 @@ class LMTask(TagTask):
             chunk = self.stream[starts[i:i + batch_size, None] + offsets]
             yield chunk[:, :-1], chunk[:, 1:]
 
+    auto_target = 10_000_000  # tokens: tiny-shakespeare's ~1M get 10 epochs, as its tuned runs take
+
+    def train_units(self) -> tuple[int, str]:
+        return self.size("train") * self.block_size, "tokens"
+
     def summarize(self, stats: dict[str, Tensor]) -> dict[str, float]:
         out = super().summarize(stats)
         out["ppl"] = math.exp(min(out["loss"], 50.0))

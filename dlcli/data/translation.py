@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -78,31 +79,62 @@ def eng_fra(cfg: Any, loss_cfg: Any, stored_meta: dict | None = None) -> Seq2Seq
                              stored_vocabs(stored_meta), {"direction": str(cfg.direction)})
 
 
+LEVELS = ("auto", "char", "word")
+
+
+def choose_level(texts: list[str], side: str) -> tuple[str, str]:
+    """dataset.<side>_level=auto: word tokens, unless words would be mostly one-off symbols (ids, numbers, names):
+    char level when most lines are one word of a vocabulary mostly seen once, or when words seen once make up most
+    of the text. Returns the level and why, for the one line dl train prints."""
+    lines = [t.split() for t in texts]
+    counts = Counter(w for words in lines for w in words)
+    single = sum(len(words) <= 1 for words in lines) / max(len(lines), 1)
+    types_once = sum(n == 1 for n in counts.values()) / max(len(counts), 1)
+    tokens_once = sum(n for n in counts.values() if n == 1) / max(sum(counts.values()), 1)
+    if tokens_once > 0.5:
+        return "char", f"{tokens_once:.0%} of the {side} words occur once"
+    if single > 0.5 and types_once > 0.5:
+        return "char", f"{single:.0%} of the {side}s are one word, {types_once:.0%} of them seen once"
+    return "word", f"{1 - tokens_once:.0%} of the {side} words recur"
+
+
 def pairs_file(cfg: Any, loss_cfg: Any, stored_meta: dict | None = None) -> Seq2SeqTask:
     """Any TSV: source<TAB>target a line (more columns are ignored; blank lines skipped)."""
     if cfg.get("path") in (None, "???"):
         raise UserError("dataset=pairs needs dataset.path=FILE.tsv (source<TAB>target per line), e.g. "
                         "dl train model=attention dataset=pairs dataset.path=pairs.tsv")
-    levels = (str(cfg.src_level), str(cfg.tgt_level))
-    for key, level in zip(("src_level", "tgt_level"), levels):
-        if level not in ("char", "word"):
-            raise UserError(f"dataset.{key}={level}: choose char or word")
+    asked = (str(cfg.src_level), str(cfg.tgt_level))
+    for key, level in zip(("src_level", "tgt_level"), asked):
+        if level not in LEVELS:
+            raise UserError(f"dataset.{key}={level}: choose one of: {', '.join(LEVELS)}")
     max_len = cfg.get("max_len")
-    pairs = []
+    texts = []
     for number, line in enumerate(read_user_text(cfg.path, "dataset.path").splitlines(), 1):
         if not line.strip():
             continue
         cols = line.split("\t")
         if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
             raise UserError(f"dataset.path={cfg.path} line {number}: expected source<TAB>target, got {line[:60]!r}")
-        src, tgt = (c.strip().lower() if cfg.lowercase else c.strip() for c in cols[:2])
+        texts.append(tuple(c.strip().lower() if cfg.lowercase else c.strip() for c in cols[:2]))
+    levels, chosen = [], {}
+    for i, (key, level) in enumerate(zip(("src_level", "tgt_level"), asked)):
+        if stored_meta and stored_meta.get("kind") == "seq2seq":  # a trained model's levels (dl eval, dl sample)
+            level = stored_meta[key]
+        elif level == "auto":
+            level, why = choose_level([t[i] for t in texts], ("source", "target")[i])
+            chosen[f"dataset.{key}"] = f"{level} ({why})"
+        levels.append(level)
+    pairs = []
+    for src, tgt in texts:
         s, t = tokens_of(src, levels[0]), tokens_of(tgt, levels[1])
         if max_len is None or (len(s) <= int(max_len) and len(t) <= int(max_len)):
             pairs.append((s, t))
     if len(pairs) < 10:
         raise UserError(f"dataset.path={cfg.path}: {len(pairs)} usable pairs; need at least 10")
-    return make_seq2seq_task(split_by_source(pairs, cfg), levels, loss_cfg, int(cfg.min_freq),
+    task = make_seq2seq_task(split_by_source(pairs, cfg), (levels[0], levels[1]), loss_cfg, int(cfg.min_freq),
                              stored_vocabs(stored_meta))
+    task.chosen.update(chosen)
+    return task
 
 
 # The datasets this file builds, by the `name` of their conf/dataset/NAME.yaml: builder(cfg.dataset, cfg.loss)

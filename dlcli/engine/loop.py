@@ -7,146 +7,28 @@ from __future__ import annotations
 
 import itertools
 import math
-import signal
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from dlcli.base.errors import UserError
 from dlcli.base.task import InPlaceTrainer, Task, add_stats
 from dlcli.engine import distributed
+from dlcli.engine.batches import epoch_cap, epoch_seed, eval_batches, train_batch_size, train_batches
 from dlcli.engine.grad_norms import GradNorms
 from dlcli.engine.logger import MetricsLogger, Reporter
 from dlcli.engine.optim import Plan, follow_plan
 from dlcli.engine.runtime import Runtime
-
-
-@dataclass
-class LoopState:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0                  # epochs completed
-    step: int = 0                   # optimizer steps taken
-    best_value: float | None = None
-    best_epoch: int | None = None
-    evals_since_best: int = 0       # for early stopping
-    elapsed: float = 0.0            # seconds of training so far (trainer.max_time counts these)
-    batch: int = 0                  # batches of epoch `epoch + 1` already done (a checkpoint saved mid-epoch)
-    partial: dict | None = None     # that epoch's summed stats so far (CPU tensors: dtypes kept, resume exact)
-    grad_scaler: dict | None = None  # fp16: the GradScaler's scale and growth tracker, so a resume scales as before
-    planned_steps: int | None = None  # trainer.max_time: the steps the budget allows, planned once (a resume keeps it)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LoopState:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-class Interrupted(BaseException):
-    """Ctrl-C (SIGINT, exit 130) or SIGTERM (exit 143); raised once last.pt holds the finished step."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-class StopRequest:
-    """The SIGINT/SIGTERM handler. Inside the loop (armed) it only takes note: the loop finishes the current
-    step, saves last.pt and raises Interrupted. A second signal, or one outside the loop, raises at once; checkpoint
-    writes are atomic, so that never leaves a broken file. Once Interrupted is on its way, further signals are
-    ignored: the way out (run.json, the last line, Python's exit) must not be broken into (a traceback)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.armed = False
-        self.stopping = False
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        if self.stopping:
-            return
-        if self.signum is not None or not self.armed:
-            self.stopping = True
-            raise Interrupted(signum)
-        self.signum = signum
-        if distributed.is_main():  # every rank gets the signal; one says so
-            sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing this step and saving checkpoints/last.pt "
-                             "(press Ctrl-C again to stop at once)\n")
-
-
-class Diverged(UserError):
-    """A non-finite training loss; the run dir and its last good checkpoint are kept."""
-
-
-def resolve_batch_size(value: Any, n_train: int) -> int:
-    """An integer, or `full` for full-batch gradient descent."""
-    if value == "full":
-        return n_train
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"trainer.batch_size={value}: use a positive integer (1 = plain SGD) or full (BGD)")
-    return min(value, n_train)
-
-
-def train_batch_size(tcfg: Any, task: Task, in_place: Any = None) -> int:
-    """Rows per training step: the in-place trainer's own size (word2vec on the CPU: corpus words), else
-    trainer.batch_size."""
-    return in_place.batch_size if in_place is not None else resolve_batch_size(tcfg.batch_size, task.size("train"))
-
-
-AUTO_EPOCHS = 100_000  # trainer.epochs=auto: as many as trainer.max_time allows (the budget stops the run)
-
-
-def epoch_cap(tcfg: Any) -> int:
-    return AUTO_EPOCHS if str(tcfg.epochs) == "auto" else int(tcfg.epochs)
-
-
-def batch_limit(limit: Any, n: int, key: str) -> int:
-    """How many of a split's n batches a pass runs: trainer.limit_*_batches as Lightning reads it, null: all; an
-    integer: that many (at most n); a fraction in (0, 1]: that share (at least one)."""
-    if limit is None:
-        return n
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0 or \
-            (isinstance(limit, float) and limit > 1):
-        raise UserError(f"trainer.{key}={limit}: a number of batches (an integer >= 1) or a fraction in (0, 1] "
-                        "(1.0 = all), or null")
-    return min(n, limit) if isinstance(limit, int) else max(1, int(n * limit))
-
-
-def eval_batches(tcfg: Any, task: Task, split: str, batch_size: int) -> int:
-    """Batches an evaluation of the val or test split runs: trainer.limit_val_batches / limit_test_batches."""
-    key = f"limit_{split}_batches"
-    return batch_limit(tcfg.get(key), task.num_batches(split, batch_size), key)
-
-
-def train_batches(tcfg: Any, task: Task, batch_size: int) -> int:
-    """Training batches per epoch: trainer.overfit_batches (the same first N every epoch), else the split's batches
-    cut to trainer.limit_train_batches."""
-    n = task.num_batches("train", batch_size)
-    if tcfg.get("overfit_batches"):
-        return batch_limit(tcfg.overfit_batches, n, "overfit_batches")
-    return batch_limit(tcfg.get("limit_train_batches"), n, "limit_train_batches")
+from dlcli.engine.stopping import Diverged, Interrupted, LoopState, StopRequest
 
 
 def is_better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
     if best is None:
         return math.isfinite(value)
     return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The data order of an epoch depends on (seed, epoch) only, so a resumed run replays it."""
-    return seed * 1_000_003 + epoch
 
 
 @torch.no_grad()
@@ -201,6 +83,12 @@ def fit(training: Training, state: LoopState, stop: StopRequest | None = None) -
         return _Loop(training, state, stop).run()
     finally:
         stop.armed = False
+
+
+def step_function(training: Training) -> Callable[[tuple], tuple[torch.Tensor, dict[str, torch.Tensor], Any]]:
+    """The loop's own training step outside fit(): forward, backward, precision, clipping, optimizer step. For the lr
+    finder (engine/lr_find.py), whose sweep must step exactly as training will."""
+    return _Loop(training, LoopState(), StopRequest()).train_step
 
 
 class _Loop:
@@ -272,7 +160,8 @@ class _Loop:
         seed = epoch_seed(int(t.tcfg.seed), 1 if self.overfit else epoch)
         batches = (t.in_place.batches(seed) if t.in_place is not None
                    else t.task.batches("train", self.batch_size, shuffle=not self.overfit, seed=seed))
-        with t.reporter.epoch_progress(epoch, self.shown_epochs(), self.n_batches) as advance:
+        budget_left = self.max_time - (time.perf_counter() - self.start) if self.max_time else None
+        with t.reporter.epoch_progress(epoch, self.shown_epochs(), self.n_batches, skip, budget_left) as advance:
             for i, batch in enumerate(itertools.islice(batches, skip, self.n_batches), start=skip):
                 loss, stats, norms = self.train_step(batch)
                 if self.losses is None:  # the loss's own dtype and device: a float64 loss may exceed float32
@@ -281,8 +170,7 @@ class _Loop:
                 self.done = i + 1
                 self.total = add_stats(self.total, stats)
                 state.step += 1
-                advance()
-                self.after_step(epoch, i, loss, norms)
+                advance(self.after_step(epoch, i, loss, norms))  # the bar shows the loss as logged (no extra sync)
                 if self.stop_requested(epoch, i):
                     return "max_time"
         return ""
@@ -317,9 +205,10 @@ class _Loop:
             t.scheduler.step()
         return loss, stats, norms
 
-    def after_step(self, epoch: int, i: int, loss: torch.Tensor, norms: Any) -> None:
-        """Every log_every_n_steps: the loss (the only per-step host sync), lr, gradient norms; stop if diverged."""
-        state = self.state
+    def after_step(self, epoch: int, i: int, loss: torch.Tensor, norms: Any) -> float | None:
+        """Every log_every_n_steps: the loss (the only per-step host sync), lr, gradient norms; stop if diverged.
+        Returns the loss logged at this step, if any."""
+        state, value = self.state, None
         if state.step % self.log_every == 0:
             value = distributed.mean(loss.detach()).item()
             self.t.logger.log(state.step, epoch, "step", {"loss": value, "lr": current_lr(self.t.optimizer)})
@@ -329,6 +218,7 @@ class _Loop:
                 self.diverged(epoch, i + 1)
         for hook in STEP_END_HOOKS:
             hook(state)
+        return value
 
     def stop_requested(self, epoch: int, i: int) -> bool:
         """A signal: save last.pt mid-epoch and raise Interrupted. Returns whether trainer.max_time ran out. One

@@ -36,7 +36,7 @@ RUN_FIELDS = {"status": str, "command": str, "started": str, "ended": str, "mode
               "wall_time_s": NUMBER}
 SUMMARY_FIELDS = {"model": str, "dataset": str, "kind": str, "epochs": int, "steps": int, "stopped_by": str,
                   "best": dict, "final": dict, "test": dict, "params": int, "wall_time_s": NUMBER, "device": str,
-                  "warnings": list}
+                  "warnings": list, "chosen": dict}
 BEST_FIELDS = {"metric": str, "mode": str, "value": NUMBER, "epoch": int}
 
 

@@ -169,6 +169,8 @@ def show_run_cli(arg: str, root: str, as_json: bool = False) -> None:
             values = summary.get(part) or {}
             if values:
                 console.print(f"{part:>8}: " + "  ".join(f"{k} {fmt(v)}" for k, v in values.items()), highlight=False)
+        for key, value in (summary.get("chosen") or {}).items():  # settings left to auto, what they became, why
+            console.print(f"    auto: {escape(key)}={escape(str(value))}", highlight=False)
         for warning in summary.get("warnings") or []:  # what the run warned about while it trained
             console.print(f"[yellow] warning:[/] {escape(str(warning))}", highlight=False)
     else:
