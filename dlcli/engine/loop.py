@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,17 @@ def fit(training: Training, state: LoopState, stop: StopRequest | None = None) -
         stop.armed = False
 
 
+def epoch_batches(training: Training, epoch: int, batch_size: int) -> Iterator[tuple]:
+    """An epoch's training batches. The order depends on (seed, epoch) only, so a resume replays it (overfit_batches:
+    epoch 1's batches, every epoch)."""
+    t = training
+    overfit = bool(t.tcfg.get("overfit_batches"))
+    seed = epoch_seed(int(t.tcfg.seed), 1 if overfit else epoch)
+    if t.in_place is not None:
+        return t.in_place.batches(seed)
+    return t.task.batches("train", batch_size, shuffle=not overfit, seed=seed)
+
+
 def step_function(training: Training) -> Callable[[tuple], tuple[torch.Tensor, dict[str, torch.Tensor], Any]]:
     """The loop's own training step outside fit(): forward, backward, precision, clipping, optimizer step. For the lr
     finder (engine/lr_find.py), whose sweep must step exactly as training will."""
@@ -156,10 +167,7 @@ class _Loop:
         state.partial = None
         self.losses, self.done = None, skip
         self.epoch_start_lr = current_lr(t.optimizer)
-        # the order depends on (seed, epoch) only: a resume replays it (overfitting: the same batches every epoch)
-        seed = epoch_seed(int(t.tcfg.seed), 1 if self.overfit else epoch)
-        batches = (t.in_place.batches(seed) if t.in_place is not None
-                   else t.task.batches("train", self.batch_size, shuffle=not self.overfit, seed=seed))
+        batches = epoch_batches(t, epoch, self.batch_size)
         budget_left = self.max_time - (time.perf_counter() - self.start) if self.max_time else None
         with t.reporter.epoch_progress(epoch, self.shown_epochs(), self.n_batches, skip, budget_left) as advance:
             for i, batch in enumerate(itertools.islice(batches, skip, self.n_batches), start=skip):

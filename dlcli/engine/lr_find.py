@@ -33,9 +33,9 @@ from torch import nn
 from dlcli.base.errors import UserError
 from dlcli.base.task import InPlaceTrainer, Task
 from dlcli.engine import distributed
-from dlcli.engine.batches import epoch_cap, epoch_seed, train_batch_size, train_batches
+from dlcli.engine.batches import epoch_cap, train_batch_size, train_batches
 from dlcli.engine.logger import Reporter, SilentLogger
-from dlcli.engine.loop import Training, step_function
+from dlcli.engine.loop import Training, epoch_batches, step_function
 from dlcli.engine.runtime import Runtime, rng_state, set_rng_state
 
 METHOD = "minimum/10"
@@ -160,12 +160,8 @@ def _batches(training: Training) -> Iterator[tuple]:
     """Training batches in the loop's order (engine/loop.py, train_epoch): epoch 1's, then epoch 2's..."""
     t, tcfg = training, training.tcfg
     size = train_batch_size(tcfg, t.task, t.in_place)
-    overfit = bool(tcfg.get("overfit_batches"))
     for epoch in itertools.count(1):
-        seed = epoch_seed(int(tcfg.seed), 1 if overfit else epoch)
-        batches = (t.in_place.batches(seed) if t.in_place is not None
-                   else t.task.batches("train", size, shuffle=not overfit, seed=seed))
-        yield from itertools.islice(batches, train_batches(tcfg, t.task, size))
+        yield from itertools.islice(epoch_batches(t, epoch, size), train_batches(tcfg, t.task, size))
 
 
 def lr_keys(cfg: Any) -> list[str]:
