@@ -45,3 +45,61 @@ def test_a_resume_keeps_the_plan_and_ends_annealed(dl):
     assert step_lrs(run)[-1] == 0.0
 
 
+
+
+class SplitSizes:
+    """What evaluation_reserve reads of a task: examples and batches per split."""
+
+    chosen: dict = {}
+
+    def __init__(self, **sizes: int):
+        self.sizes = sizes
+
+    def size(self, split: str) -> int:
+        return self.sizes.get(split, 0)
+
+    def num_batches(self, split: str, batch_size: int) -> int:
+        return -(-self.size(split) // batch_size)
+
+
+def test_evaluations_that_would_not_fit_in_the_budget_run_on_a_share_of_val_and_test():
+    from omegaconf import OmegaConf
+
+    from dlcli.engine.batches import EVAL_BUDGET_SHARE, eval_batches, evaluation_reserve
+    tcfg = OmegaConf.create({"eval_batch_size": 100, "limit_val_batches": None, "limit_test_batches": None})
+    task = SplitSizes(val=10_000, test=20_000)
+    # 2 val evaluations + the test: 40,000 examples at 1 ms each = 40 s
+    assert evaluation_reserve(tcfg, task, 2, 1e-3, max_time=1000) == (40.0, None)  # fits in a quarter of 1000 s
+    assert evaluation_reserve(tcfg, task, 2, 1e-3, max_time=None) == (40.0, None)  # no budget, nothing shared
+    reserve, share = evaluation_reserve(tcfg, task, 2, 1e-3, max_time=40)
+    assert 0 < share < 1 and reserve <= EVAL_BUDGET_SHARE * 40 + 0.2  # within a batch of val's and test's share
+    assert eval_batches(tcfg, task, "val", 100, share) == int(100 * share)
+    assert eval_batches(tcfg, task, "test", 100, share) == int(200 * share)
+    # a split the user limited keeps its limit; the other takes what is left of the quarter
+    tcfg.limit_test_batches = 20  # 2,000 examples: 2 s
+    reserve, share = evaluation_reserve(tcfg, task, 2, 1e-3, max_time=40)
+    assert eval_batches(tcfg, task, "test", 100, share) == 20
+    assert abs(reserve - EVAL_BUDGET_SHARE * 40) <= 0.2
+    # both limited by the user: nothing to share, whatever it costs
+    tcfg.limit_val_batches = 1.0
+    assert evaluation_reserve(tcfg, task, 2, 1e-3, max_time=4)[1] is None
+    # a budget smaller than one batch's worth: still at least one batch each
+    tcfg.limit_val_batches = tcfg.limit_test_batches = None
+    _, share = evaluation_reserve(tcfg, task, 2, 1.0, max_time=1)
+    assert eval_batches(tcfg, task, "val", 100, share) == eval_batches(tcfg, task, "test", 100, share) == 1
+
+
+def test_a_budget_that_whole_evaluations_would_overrun_evaluates_a_share_and_says_so(dl, tmp_path):
+    import random
+    rng = random.Random(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far"]
+    (tmp_path / "big.txt").write_text("\n".join(" ".join(rng.choices(words, k=12)) for _ in range(40_000)))
+    out = dl.ok("train", "model=lstm", "dataset=text", f"dataset.path={tmp_path / 'big.txt'}", "dataset.cache=false",
+                "dataset.val_fraction=0.4", "dataset.test_fraction=0.4", "model.hidden_size=16",
+                "model.embedding_size=8", "trainer.eval_batch_size=16", "trainer.max_time=2", *FAST).stdout
+    assert "auto: trainer.limit_val_batches=" in out and "auto: trainer.limit_test_batches=" in out
+    chosen = json.loads((dl.last_run() / "summary.json").read_text())["chosen"]
+    assert "of trainer.max_time=2s" in chosen["trainer.limit_val_batches"]
+    shared = int(chosen["trainer.limit_test_batches"].split()[0].replace(",", ""))
+    total = int(chosen["trainer.limit_test_batches"].split("(of ")[1].split(":")[0].replace(",", ""))
+    assert 1 <= shared < total

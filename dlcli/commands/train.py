@@ -110,7 +110,7 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
             model.load_state_dict(torch.load(best_path, map_location=runtime.device, weights_only=True)["model"])
         distributed.broadcast_module(model)  # every rank tests rank 0's weights
         size = int(t.eval_batch_size)
-        test = evaluate_split(model, task, "test", size, runtime, limit=eval_batches(t, task, "test", size))
+        test = evaluate_split(model, task, "test", size, runtime, limit=eval_batches(t, task, "test", size, state.eval_share))
         if not distributed.is_main():  # the rest writes the run's files: rank 0's job
             return {"device": str(runtime.device), "wall_time_s": 0.0, "best": {"value": state.best_value}}
         test.update(task.final_metrics(model))

@@ -6,6 +6,7 @@ It knows nothing about task kinds: a Task turns a batch into (loss, stats) and s
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,8 @@ from torch import nn
 
 from dlcli.base.task import InPlaceTrainer, Task, add_stats
 from dlcli.engine import distributed
-from dlcli.engine.batches import epoch_cap, epoch_seed, eval_batches, train_batch_size, train_batches
+from dlcli.engine.batches import (epoch_cap, epoch_seed, eval_batches, evaluation_reserve, say_eval_share,
+                                  train_batch_size, train_batches)
 from dlcli.engine.grad_norms import GradNorms
 from dlcli.engine.logger import MetricsLogger, Reporter
 from dlcli.engine.optim import Plan, follow_plan
@@ -136,12 +138,15 @@ class _Loop:
         # trainer.log_grad_norms: per-layer gradient norms on the steps whose loss is logged (none in between)
         self.grad_norms = GradNorms(training.model) if tcfg.get("log_grad_norms", False) else None
         self.start = time.perf_counter() - state.elapsed
+        self.began = (time.perf_counter(), state.step)  # this process's start: the speed when no plan was made
         self.total: dict[str, torch.Tensor] | None = None  # the epoch's summed stats (on the device)
         self.losses: torch.Tensor | None = None  # each step's loss, on the device: read at log steps and per epoch
         self.done = 0  # batches of this epoch done
 
     def run(self) -> str:
         self.t.model.train()
+        if self.state.eval_share is not None:  # a resume: the budget's plan shares val/test as it did
+            say_eval_share(self.t.tcfg, self.t.task, self.state.eval_share, self.t.reporter.say)
         for epoch in range(self.state.epoch + 1, self.epochs + 1):
             t0 = time.perf_counter()
             if hasattr(self.t.model, "set_epoch"):  # per-epoch schedules inside a model (teacher forcing)
@@ -239,6 +244,8 @@ class _Loop:
         signum, out_of_time = distributed.agree(self.stop.signum, bool(limit)
                                                 and time.perf_counter() - self.start > limit)
         out_of_time = out_of_time or (state.planned_steps is not None and state.step >= state.planned_steps)
+        if out_of_time and state.planned_steps is None and state.eval_share is None:
+            self.share_evaluations()
         if signum is not None:
             if not distributed.all_true(bool(torch.isfinite(self.losses[:i + 1]).all())):  # never save diverged
                 self.diverged(epoch, i + 1)
@@ -269,19 +276,35 @@ class _Loop:
             return
         rate = (state.step - s0) / max(now - t0, 1e-9)  # steps per second
         left = self.max_time - elapsed
-        task, every = self.t.task, int(self.t.tcfg.eval_every)
+        every = int(self.t.tcfg.eval_every)
         evals = 1 + (state.step + int(left * rate)) // (self.n_batches * every) - state.epoch // every
         # a forward pass costs about a third of a training step, per example
-        reserve = (evals * task.size("val") + task.size("test")) / (rate * self.batch_size) / 3
+        reserve, share = evaluation_reserve(self.t.tcfg, self.t.task, evals, 1 / (rate * self.batch_size) / 3,
+                                            None if self.overfit else self.max_time)
         planned = min(self.plan.total, state.step + max(1, int((left - reserve) * rate)))
-        planned = int(distributed.broadcast_text(str(planned)))  # rank 0's timing decides for every rank
+        # rank 0's timing decides for every rank
+        planned, share = json.loads(distributed.broadcast_text(json.dumps([planned, share])))
         state.planned_steps = self.plan.total = planned
+        state.eval_share = share
         self.followed = follow_plan(self.t.scheduler, self.plan)
         schedule = "the learning-rate schedule ends with them" if self.followed else \
             "the learning-rate schedule keeps its own course (warmup_cosine, cosine, linear and noam follow a budget)"
         self.t.reporter.say(f"time budget: trainer.max_time={self.t.tcfg.max_time}s plans {planned:,} steps in all "
                             f"({planned / self.n_batches:.3g} epochs at {rate:.3g} steps/s), ~{reserve:.0f}s kept "
                             f"for evaluation; {schedule}")
+        if share is not None:
+            say_eval_share(self.t.tcfg, self.t.task, share, self.t.reporter.say)
+
+    def share_evaluations(self) -> None:
+        """The clock ran out before the budget's plan was made: the evaluations left (this epoch's val, the test)
+        still keep to a share of the budget, at the speed seen so far."""
+        began, s0 = self.began
+        rate = max(self.state.step - s0, 1) / max(time.perf_counter() - began, 1e-9)
+        _, share = evaluation_reserve(self.t.tcfg, self.t.task, 1, 1 / (rate * self.batch_size) / 3,
+                                      None if self.overfit else self.max_time)
+        self.state.eval_share = json.loads(distributed.broadcast_text(json.dumps(share)))
+        if self.state.eval_share is not None:
+            say_eval_share(self.t.tcfg, self.t.task, self.state.eval_share, self.t.reporter.say)
 
     def diverged(self, epoch: int, done: int) -> None:
         _diverged(self.losses[:done], self.state.step, epoch, self.n_batches, self.t.optimizer, self.t.tcfg,
@@ -347,9 +370,10 @@ class _Loop:
                 warn(f"the training loss did not fall during epoch {epoch} ({first:.4g} -> {last:.4g}); try another "
                      f"optimizer.lr (now {lr:.3g}): ~10x lower if it rose, 3-10x higher if it stayed flat", "flat")
         if stop_reason == "max_time" and epoch == 1 and self.done < self.n_batches and not self.followed:
+            planned = "before the budget's plan was made (it times 10 steps first)" if str(self.t.tcfg.epochs) == \
+                "auto" else f"of {self.epochs}: a learning-rate schedule planned for {self.epochs} epochs did not get far"
             warn(f"trainer.max_time={self.t.tcfg.max_time} ended the run {self.done} of {self.n_batches} batches into "
-                 f"epoch 1 of {self.epochs}: a learning-rate schedule planned for {self.epochs} epochs did not get "
-                 "far; give more time, fewer trainer.epochs or a trainer.limit_train_batches", "budget")
+                 f"epoch 1 {planned}; give more time, fewer trainer.epochs or a trainer.limit_train_batches", "budget")
         if "val" in parts:
             self.history.append((parts["train"]["loss"], parts["val"]["loss"]))
         val, train = [v for _, v in self.history], [t for t, _ in self.history]
@@ -372,7 +396,8 @@ class _Loop:
         if self.overfit:
             return evaluate_split(t.model, t.task, "train", self.batch_size, t.runtime, limit=self.n_batches)
         size = int(tcfg.eval_batch_size)
-        return evaluate_split(t.model, t.task, "val", size, t.runtime, limit=eval_batches(tcfg, t.task, "val", size))
+        return evaluate_split(t.model, t.task, "val", size, t.runtime,
+                              limit=eval_batches(tcfg, t.task, "val", size, self.state.eval_share))
 
     def track_best(self, epoch: int, parts: dict[str, dict[str, float]]) -> str:
         """The monitored metric against the best so far (and a plateau scheduler); a note when it improved."""

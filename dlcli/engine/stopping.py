@@ -26,6 +26,8 @@ class LoopState:
     partial: dict | None = None     # that epoch's summed stats so far (CPU tensors: dtypes kept, resume exact)
     grad_scaler: dict | None = None  # fp16: the GradScaler's scale and growth tracker, so a resume scales as before
     planned_steps: int | None = None  # trainer.max_time: the steps the budget allows, planned once (a resume keeps it)
+    eval_share: float | None = None  # trainer.max_time: the share of val/test an evaluation runs when whole ones would
+                                     # not fit in the budget (planned with planned_steps)
 
     def as_dict(self) -> dict:
         return asdict(self)
