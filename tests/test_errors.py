@@ -67,6 +67,8 @@ TRAIN_CASES = [
                                  "dataset.url=http://127.0.0.1:9/mnist"], "could not download", {}),
     ("monitor-not-logged", ["dataset=sine", "trainer.monitor=val/acc"],
      "trainer.monitor=val/acc: this regress task logs val/loss", {}),
+    ("monitor-eval-only", ["trainer.monitor=train/macro_f1", "trainer.mode=max"],  # only evaluations measure it
+     "trainer.monitor=train/macro_f1: this classify task logs train/loss, train/acc", {}),
     ("bad-mode", ["trainer.mode=up"], "trainer.mode=up: choose min or max", {}),
     ("bad-activation", ["model.activation=swish"], "model.activation=swish: unknown activation", {}),
     ("loss-mismatch", ["loss.name=mse"], "loss.name=mse does not fit a classification task", {}),

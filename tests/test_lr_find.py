@@ -72,6 +72,17 @@ def test_apply_trains_with_the_suggestion_from_the_same_start_state(dl):
     res = dl.ok("train", f"trainer.resume={applied}", "trainer.epochs=2")
     assert "lr_find" not in res.stdout
     assert OmegaConf.load(applied / ".hydra" / "config.yaml").optimizer.lr == lr
+    # asked for again on a resume: said, not silently dropped
+    res = dl.ok("train", f"trainer.resume={applied}", "trainer.epochs=3", "trainer.lr_find=true")
+    assert "trainer.lr_find=true is not run on a resume" in res.stdout + res.stderr
+    assert summary(applied)["epochs"] == 3
+
+
+def test_a_dry_run_sweeps_only_a_few_steps_and_leaves_nothing(dl):
+    res = dl.ok("train", "trainer.fast_dev_run=true", "trainer.lr_find=true", "trainer.summary=false")
+    out = res.stdout + res.stderr
+    assert "lr_find:" in out and "10 steps from 1e-07 to 10" in out and "nothing kept" in out
+    assert dl.runs() == []
 
 
 @pytest.mark.parametrize("override,expected", [

@@ -38,6 +38,7 @@ class Task:
     kind: str = ""
     monitor_metrics: tuple[str, ...] = ("loss",)
     eval_metric_names: tuple[str, ...] = ()  # what eval_metrics returns (trainer.monitor may name them)
+    eval_only_stats: tuple[str, ...] = ()  # what summarize gives for evaluations only (no train/ value)
     loading: str = ""  # how the data came in, when worth a line to the user (a cache, a memory-mapped file)
 
     def __init__(self, splits: dict[str, tuple[Tensor, ...]], meta: dict[str, Any]):

@@ -72,6 +72,8 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
                      f"steps of dataset.cpu_batch_size={batch_size} words")
     distributed.check_batch_size(batch_size)  # the global batch: each of N processes needs a row
     found = None
+    if t.get("lr_find") and t.resume:
+        reporter.warn(f"trainer.lr_find={str(t.lr_find).lower()} is not run on a resume: the run goes on with the lr it has")
     if t.get("lr_find") and not t.resume:  # the lr range test from this start state, restored after it
         found = find_lr(train_model, task, optimizer, runtime, t, reporter, in_place)
         tell_lr_find(found, cfg, run_dir, reporter, bool(t.plots))
@@ -194,10 +196,11 @@ def lr_find_only(found: LRFind, cfg: DictConfig, task: Task, params: int, runtim
 
 
 def dry_run(tcfg: DictConfig) -> DictConfig:
-    """trainer.fast_dev_run: one epoch of one batch, one of val, one of test; no plots (run_job then removes the run
-    dir: a dry run leaves nothing)."""
+    """trainer.fast_dev_run: one epoch of one batch, one of val, one of test, an lr range test of 10 steps; no plots
+    (run_job then removes the run dir: a dry run leaves nothing)."""
     return OmegaConf.merge(tcfg, {"epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1,
-                                  "limit_test_batches": 1, "overfit_batches": 0, "plots": False})
+                                  "limit_test_batches": 1, "overfit_batches": 0, "plots": False,
+                                  "lr_find_steps": 10})
 
 
 def resume_state(where: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

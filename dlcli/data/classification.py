@@ -56,6 +56,7 @@ class ClassifyTask(Task):
     (the mean of the classes' F1); summary.json adds precision, recall and F1 per class (breakdown)."""
 
     kind = "classify"
+    eval_only_stats = ("macro_f1",)  # from the confusion counts evaluation steps add
 
     def __init__(self, splits: dict, meta: dict, loss_cfg: Any):
         super().__init__(splits, meta)
