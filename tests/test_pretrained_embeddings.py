@@ -36,7 +36,7 @@ def conf(group: str, name: str, **values) -> OmegaConf:
 def vectors_for(path: Path, words: list[str], dim: int = 16, binary: bool = True, seed: int = 0
                 ) -> dict[str, torch.Tensor]:
     """A word2vec file of these words (random rows; binary: the very float32 bits); returns word -> row."""
-    rows = torch.randn(len(words), dim, generator=torch.Generator().manual_seed(seed))
+    rows = 0.2 * torch.randn(len(words), dim, generator=torch.Generator().manual_seed(seed))  # skip-gram's scale
     save_word2vec(path, words, rows, binary=binary)
     return dict(zip(words, rows))
 
@@ -152,6 +152,11 @@ def test_every_word_level_family_takes_the_vectors(tmp_path, tasks, model, kind)
                 assert torch.equal(table.weight[i], rows[w]), w
             else:
                 assert not any(torch.equal(table.weight[i], r) for r in rows.values())
+        # the rows of words not in the file start at the vectors' scale (not N(0, 1) beside rows of std ~0.2)
+        loaded = torch.tensor([w in rows for w in task.meta[side]])
+        rest = ~loaded & table.weight.detach().abs().sum(1).gt(0)  # the pad row stays zero
+        ratio = table.weight[rest].std() / table.weight[loaded].std()
+        assert 0.99 < float(ratio) < 1.01, ratio
     batch = next(task.batches("train", 4))
     out = net(batch[0], batch[1][:, :-1]) if kind == "seq2seq" else net(batch[0])
     assert torch.isfinite(out).all()

@@ -135,6 +135,11 @@ class WordVectors:
             found = ids >= 0
             with torch.no_grad():
                 table.weight[found] = self.rows[ids[found]].to(table.weight.dtype)
+                rest = ~found
+                if table.padding_idx is not None:
+                    rest[table.padding_idx] = False  # the pad row stays zero
+                if found.any() and rest.any():  # words not in the file: the family's init, at the vectors' scale
+                    table.weight[rest] *= table.weight[found].std() / table.weight[rest].std().clamp_min(1e-12)
             table.word_vectors = (self, found)  # for describe(): which rows came from the file
             matched.append(int(found.sum()))
         if not any(matched):
