@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from test_errors import assert_one_line_error
 from test_resume import assert_same_run
 
-from dlcli.data import build_task, image_folder as imf
+from dlcli.data import build_task, image_cache as imc, image_folder as imf
 
 CLASSES = ("disc", "hstripes", "vstripes")
 FORMATS = ("png", "jpg", "bmp", "gif", "webp")
@@ -85,7 +85,7 @@ def test_cnn_learns_a_folder_and_eval_and_sample_agree_with_training(dl, tmp_pat
     rows = [ln for ln in res.stdout.splitlines() if "000.png" in ln or "003.gif" in ln]
     assert "disc" in rows[0] and "vstripes" in rows[1].split("│")[2], res.stdout
     assert (dl.cwd / "grid.png").is_file()
-    assert not [p for p in (dl.cwd / "pics").rglob("*") if p.suffix in (".npz", ".npy", ".tmp")]
+    assert not [p for p in (dl.cwd / "pics").rglob("*") if p.suffix in (".images", ".bad", ".json", ".tmp")]
     # another folder: the checkpoint's classes and pixel statistics, not the new folder's
     make_folder(dl.cwd / "more", 20, seed=3, classes=("disc", "vstripes"))
     out = json.loads(dl.ok("eval", str(run), "dataset.path=more", "--json", env=env).stdout)
@@ -132,17 +132,17 @@ def test_split_by_fraction_is_stratified_and_seeded(tmp_path):
 def test_the_cache_is_used_then_read_again_when_a_file_changes(tmp_path, monkeypatch):
     make_folder(tmp_path / "pics", 6)
     calls = []
-    real = imf.decode_image
-    monkeypatch.setattr(imf, "decode_image", lambda *a: calls.append(a[0]) or real(*a))
+    real = imc.decode_image
+    monkeypatch.setattr(imc, "decode_image", lambda *a: calls.append(a[0]) or real(*a))
     cache = tmp_path / "cache"
     first = build(tmp_path / "pics", cache, image_size=8)
-    assert len(calls) == 18 and len(list((cache / "images").glob("*.npz"))) == 1
+    assert len(calls) == 18 and len(list((cache / "images").glob("*.json"))) == 1
     calls.clear()
     second = build(tmp_path / "pics", cache, image_size=8)
     assert calls == [] and all(torch.equal(a, b) for s in ("train", "val", "test")
                                for a, b in zip(first.splits[s], second.splits[s]))
     build(tmp_path / "pics", cache, image_size=10)  # other settings: their own entry
-    assert len(calls) == 18 and len(list((cache / "images").glob("*.npz"))) == 2
+    assert len(calls) == 18 and len(list((cache / "images").glob("*.json"))) == 2
     calls.clear()
     changed = tmp_path / "pics" / "disc" / "000.png"
     picture("vstripes", np.random.default_rng(5), gray=False).save(changed)
@@ -150,7 +150,7 @@ def test_the_cache_is_used_then_read_again_when_a_file_changes(tmp_path, monkeyp
     third = build(tmp_path / "pics", cache, image_size=8)
     assert len(calls) == 18 and not torch.equal(torch.cat(first.splits["train"][:1]),
                                                 torch.cat(third.splits["train"][:1]))
-    assert len(list((cache / "images").glob("*.npz"))) == 2, "the stale entry of the folder was removed"
+    assert len(list((cache / "images").glob("*.json"))) == 2, "the stale entry of the folder was removed"
     assert not list((cache / "images").glob(".*.tmp"))
 
 
@@ -163,12 +163,12 @@ def test_grayscale_and_rgb_files_mix(tmp_path):
     assert tuple(gray.splits["train"][0].shape[1:]) == (1, 8, 6)
     listing = imf.scan(str(tmp_path / "pics"))
     assert len(listing.files) == 18 and all(f.suffix[1:] in FORMATS for f in listing.files)
-    a = imf.decode_image(tmp_path / "pics" / "disc" / "001.jpg", 3, (8, 6))  # a grayscale file read as RGB
+    a = imc.decode_image(tmp_path / "pics" / "disc" / "001.jpg", 3, (8, 6))  # a grayscale file read as RGB
     assert a.shape == (8, 6, 3) and (a[..., 0] == a[..., 1]).all()
     from PIL import Image
 
     Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "16bit.png")  # mid-grey, 16 bits
-    assert imf.decode_image(tmp_path / "16bit.png", 1, (4, 4)).tolist() == [[[128]] * 4] * 4
+    assert imc.decode_image(tmp_path / "16bit.png", 1, (4, 4)).tolist() == [[[128]] * 4] * 4
 
 
 def test_skip_bad_files_leaves_them_out_and_says_how_many(tmp_path, capsys):

@@ -66,12 +66,14 @@ class Task:
             for i in range(0, n, batch_size):
                 yield tuple(t[i:i + batch_size] for t in tensors)
             return
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(seed)
-        perm = torch.randperm(n, generator=gen, device=self.device)
+        perm = epoch_permutation(n, seed, self.device)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             yield tuple(t.index_select(0, idx) for t in tensors)
+
+    def rows(self, split: str, idx: Tensor) -> tuple:
+        """Some rows of a split (idx on the task's device) as a batch, e.g. dl sample's test examples."""
+        return tuple(t.index_select(0, idx) for t in self.splits[split])
 
     def num_batches(self, split: str, batch_size: int) -> int:
         return -(-self.size(split) // batch_size)
@@ -122,6 +124,14 @@ class Task:
     def final_metrics(self, model: nn.Module) -> dict[str, float]:
         """Metrics measured once on the final model beyond the loss (e.g. validity of generated samples)."""
         return {}
+
+
+def epoch_permutation(n: int, seed: int, device: torch.device) -> Tensor:
+    """The order of an epoch's examples, drawn on the device (a CUDA generator draws another order than the CPU's):
+    Task.batches, and tasks that stream their data, take the same order from the same seed."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return torch.randperm(n, generator=gen, device=device)
 
 
 def add_stats(total: dict[str, Tensor] | None, stats: dict[str, Tensor]) -> dict[str, Tensor]:

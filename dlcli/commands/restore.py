@@ -92,5 +92,5 @@ def test_examples(r: Restored, num: int, seed: int) -> tuple[torch.Tensor, torch
     task = restore_task(r)
     n = task.size("test")
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(num, n)].to(task.device)
-    x, y = (t.index_select(0, idx) for t in task.splits["test"])
+    x, y = task.rows("test", idx)
     return x, y, [f"test #{i}" for i in idx.tolist()]

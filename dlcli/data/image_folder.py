@@ -1,45 +1,39 @@
 """`dataset=image_folder`: a user's own pictures, one subfolder per class (DIR/cat/*.png, DIR/dog/*.jpg), or
 DIR/train/, DIR/val/, DIR/test/ each holding such class folders.
 
-Every file is decoded once (images.decode_image, the same call `dl sample --input` makes) and cached as uint8 under
-the cache directory, keyed by each file's path, size and mtime and by the resize/channel settings: a second run
-starts at once and a changed folder is read again. The per-channel mean/std of the train split go into meta (so into
-the checkpoint): eval and sample normalise as training did. Training batches can be augmented on the device
-(random crops of the padded images, left-right flips), drawn from a generator seeded per epoch so a resume replays
-them."""
+Every file is decoded once into the uint8 image cache (data/image_cache.py): a second run maps it and starts at once,
+and a changed folder is read again. The per-channel mean/std of the train split go into meta (so into the
+checkpoint): eval and sample normalise as training did. The images are then held in memory as float tensors, or, when
+they would not fit (dataset.in_memory), streamed from the memory-mapped cache (data/image_stream.py): the same batches
+either way. Training batches can be augmented on the device (random crops of the padded images, left-right flips),
+drawn from a generator seeded per epoch so a resume replays them."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
-import time
-import zipfile
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import ListConfig, OmegaConf
-from torch import Tensor
 
 from dlcli.base.console import make_console
 from dlcli.base.errors import UserError
-from dlcli.data.cache import cache_dir
-from dlcli.data.classification import ClassifyTask
-from dlcli.data.images import decode_image
+from dlcli.data.image_cache import Decoded, channel_stats, load_images
+from dlcli.data.image_stream import (ImageFolderTask, ImageRows, StreamedImageTask, augment_batch, augment_settings,
+                                     image_task, to_tensor, worker_count)
+
+# data/cifar.py and the tests take these from here
+__all__ = ["ImageFolderTask", "augment_batch", "channel_stats", "image_task", "to_tensor"]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SPLITS = ("train", "val", "test")
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning: old entries are then never read
 DEFAULT_SIZE = 32  # dataset.image_size=null: CIFAR's size, small enough for 2 CPU cores
-AUGMENT_SEED = 0x5EED  # the augmentation draws its own stream: the batch order stays the one without augmentation
+# dataset.in_memory=auto: float tensors in memory up to a quarter of the machine's RAM and at most 8 GiB (on a GPU
+# they live in its memory, beside the model and its activations); past that, batches stream from the cache
+MEMORY_SHARE, MEMORY_CAP = 4, 8 << 30
 
 
 @dataclass
@@ -125,102 +119,6 @@ def _check_classes(path: str, root: Path, classes: list[str], known: list[str] |
                         "more, one subfolder per class")
 
 
-# ------------------------------------------------------------------------------------------------- the cache
-def cache_file(cfg: Any, listing: Listing, size: tuple[int, int], channels: int) -> Path:
-    """<settings>-<content>.npz: settings = folder + size + channels; content = each file's path, size and mtime."""
-    root = listing.root.resolve()
-    settings = json.dumps([CACHE_FORMAT, str(root), list(size), channels])
-    stats = [(str(f.relative_to(listing.root)), st.st_size, st.st_mtime_ns) for f, st in
-             ((f, f.stat()) for f in listing.files)]
-    content = json.dumps(stats)  # the order of the files is the order of the images
-    digest = (hashlib.sha256(settings.encode()).hexdigest()[:16], hashlib.sha256(content.encode()).hexdigest()[:16])
-    return cache_dir(cfg, "images") / f"{digest[0]}-{digest[1]}.npz"
-
-
-def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Temp file beside it, fsync, os.replace: a reader sees the old entry or the whole new one. Older entries of
-    the same folder and settings (the folder has changed since) are removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    for old in path.parent.glob(path.name.split("-")[0] + "-*.npz"):
-        if old != path:
-            old.unlink(missing_ok=True)
-
-
-def _decode_all(listing: Listing, size: tuple[int, int], channels: int) -> dict[str, np.ndarray]:
-    """Decode every file (threads: Pillow lets go of the GIL while it decodes and resizes); unreadable ones are
-    listed with the reason, not raised, so the cache can remember them too."""
-    from PIL import UnidentifiedImageError  # start-up speed: every data module is imported to find its DATASETS
-
-    def one(path: Path) -> np.ndarray | str:
-        try:
-            return decode_image(path, channels, size)
-        except UnidentifiedImageError:
-            return "not an image Pillow can read"
-        except Exception as e:  # Pillow's decoders raise many kinds of errors on a damaged file
-            return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
-
-    images = np.empty((len(listing.files), size[0], size[1], channels), dtype=np.uint8)
-    bad, why = [], []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, _progress(listing) as advance:
-        for i, out in enumerate(pool.map(one, listing.files)):
-            if isinstance(out, str):
-                bad.append(i)
-                why.append(out)
-            else:
-                images[i] = out
-            advance()
-    return {"images": images, "bad": np.array(bad, dtype=np.int64), "why": np.array(why, dtype=str)}
-
-
-@contextmanager
-def _progress(listing: Listing) -> Iterator[Callable[[], None]]:
-    """A bar on a terminal that is gone once the images are decoded; nothing in a log or a pipe (stderr then
-    holds one line only if something is wrong)."""
-    console = make_console(stderr=True)
-    if not console.is_terminal:
-        yield lambda: None
-        return
-    from rich.progress import Progress  # start-up speed: only while decoding on a terminal
-
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"decoding {len(listing.files)} images from {listing.root} (once)",
-                            total=len(listing.files))
-        yield lambda: bar.advance(task)
-
-
-def load_images(cfg: Any, listing: Listing, size: tuple[int, int],
-                channels: int) -> tuple[dict[str, np.ndarray], str]:
-    """The decoded images (uint8, N x H x W x C) and the unreadable files: from the cache, else decoded and cached;
-    and how they came in, in words."""
-    path = cache_file(cfg, listing, size, channels) if cfg.get("cache", True) else None
-    if path is not None and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in ("images", "bad", "why")}, f"read from the cache {path}"
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: decode again
-            pass
-    start = time.perf_counter()
-    arrays = _decode_all(listing, size, channels)
-    how = f"decoded in {time.perf_counter() - start:.1f} s"
-    if path is not None:
-        try:
-            _write_atomically(path, arrays)
-            how += f", cached in {path} for the next run"
-        except OSError as e:  # a read-only home: the run goes on, the next one decodes again
-            make_console(stderr=True).print(f"dataset=image_folder: cannot cache in {path.parent} ({e.strerror}); "
-                                            "set DL_CACHE_DIR or dataset.cache_dir to a writable folder")
-    return arrays, how
-
-
 # ------------------------------------------------------------------------------------------------- splits and task
 def split_by_fraction(labels: np.ndarray, split: np.ndarray, fractions: dict[int, float], seed: int) -> np.ndarray:
     """Move a seeded share of each class's train files to val (1) and/or test (2): stratified, so every class
@@ -252,29 +150,9 @@ def _settings(cfg: Any) -> tuple[tuple[int, int], int]:
     return (size[0], size[1]), int(channels)
 
 
-def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 N x H x W x C images on the 0-1 scale, exact, from each channel's
-    histogram (a float copy of the images would take longer)."""
-    value = np.arange(256) / 255.0
-    mean, std = [], []
-    for c in range(images.shape[-1]):
-        counts = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
-        m = float(counts @ value / counts.sum())
-        s = float(np.sqrt(max(counts @ value ** 2 / counts.sum() - m * m, 0.0)))
-        mean.append(m)
-        std.append(s if s > 1e-6 else 1.0)  # one flat colour: nothing to scale
-    return mean, std
-
-
-def to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> Tensor:
-    """uint8 N x H x W x C -> normalised float N x C x H x W, as images.load_image_files does for one picture."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().float()
-    return x.div_(255.0).sub_(torch.tensor(mean).reshape(1, -1, 1, 1)).div_(torch.tensor(std).reshape(1, -1, 1, 1))
-
-
-def _readable(cfg: Any, listing: Listing, arrays: dict[str, np.ndarray], training: bool) -> np.ndarray:
+def _readable(cfg: Any, listing: Listing, decoded: Decoded, training: bool) -> np.ndarray:
     """Indices of the readable files; an unreadable one is an error unless dataset.skip_bad_files."""
-    bad = arrays["bad"]
+    bad = decoded.bad
     keep = np.ones(len(listing.files), dtype=bool)
     keep[bad] = False
     if not len(bad):
@@ -282,7 +160,7 @@ def _readable(cfg: Any, listing: Listing, arrays: dict[str, np.ndarray], trainin
     first = listing.files[int(bad[0])]
     if not cfg.get("skip_bad_files", False):
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise UserError(f"dataset.path={cfg.path}: {first} is not a readable image ({arrays['why'][0]}){more}; "
+        raise UserError(f"dataset.path={cfg.path}: {first} is not a readable image ({decoded.why[0]}){more}; "
                         "remove it or set dataset.skip_bad_files=true")
     left = set(np.array(listing.labels)[keep].tolist())
     empty = [c for i, c in enumerate(listing.classes) if i not in left]
@@ -293,77 +171,79 @@ def _readable(cfg: Any, listing: Listing, arrays: dict[str, np.ndarray], trainin
     return np.flatnonzero(keep)
 
 
+def memory_budget() -> int:
+    """Bytes of float images dataset.in_memory=auto holds in memory (MEMORY_SHARE, MEMORY_CAP)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): the cap alone
+        return MEMORY_CAP
+    return min(ram // MEMORY_SHARE, MEMORY_CAP)
+
+
+def _in_memory_choice(cfg: Any) -> bool | None:
+    """dataset.in_memory: True / False, or None for auto (decided once the images' number is known)."""
+    choice = cfg.get("in_memory", "auto")
+    if choice == "auto" or isinstance(choice, bool):
+        return None if choice == "auto" else choice
+    raise UserError(f"dataset.in_memory={choice}: choose auto, true or false")
+
+
 def image_folder(cfg: Any, loss_cfg: Any, preprocessing: dict | None = None) -> ImageFolderTask:
     """preprocessing: the checkpoint's classes and pixel statistics (dl eval / dl sample), reused, not refitted."""
     if cfg.get("path") in (None, "???") or not str(cfg.get("path", "")).strip():
         raise UserError("dataset=image_folder needs dataset.path=DIR, a folder with one subfolder of images per "
                         "class; e.g. dl train model=cnn dataset=image_folder dataset.path=photos")
     size, channels = _settings(cfg)
+    in_memory, workers = _in_memory_choice(cfg), worker_count(cfg.get("num_workers", "auto"))
     listing = scan(str(cfg.path), preprocessing["class_names"] if preprocessing else None)
-    arrays, how = load_images(cfg, listing, size, channels)
-    keep = _readable(cfg, listing, arrays, training=preprocessing is None)
+    decoded = load_images(cfg, listing.root, listing.files, size, channels)
+    keep = _readable(cfg, listing, decoded, training=preprocessing is None)
     labels = np.array(listing.labels, dtype=np.int64)[keep]
     split = np.array(listing.split, dtype=np.int64)[keep]
     missing = {code: float(cfg[f"{s}_fraction"]) for code, s in ((1, "val"), (2, "test"))
                if s not in listing.subfolders}
     split = split_by_fraction(labels, split, missing, int(cfg.seed))
-    images = arrays["images"][keep]
     if preprocessing:
         mean, std = preprocessing["pixel_mean"], preprocessing["pixel_std"]
     else:  # over the train split only (val/test stay unseen)
-        mean, std = channel_stats(images[split == 0])
-    splits = {s: (to_tensor(images[split == code], mean, std), torch.from_numpy(labels[split == code]))
-              for code, s in enumerate(SPLITS)}
+        mean, std = channel_stats(decoded.images, keep[split == 0])
     meta = {"input_shape": [channels, *size], "num_classes": len(listing.classes), "class_names": listing.classes,
             "pixel_mean": mean, "pixel_std": std,
             # data/__init__.py hands a checkpoint's `preprocessing` back to this builder (eval, sample)
             "preprocessing": {"class_names": listing.classes, "pixel_mean": mean, "pixel_std": std}}
-    task = image_task(splits, meta, cfg, loss_cfg)
-    task.loading = f"{len(images):,} images of {len(listing.classes)} classes from {listing.root}, {how}"
+    parts = {s: (keep[split == code], labels[split == code]) for code, s in enumerate(SPLITS)}
+    task = _task(cfg, loss_cfg, decoded, parts, meta, in_memory, workers)
+    task.loading = (f"{len(keep):,} images of {len(listing.classes)} classes from {listing.root}, {decoded.how}; "
+                    f"{task.loading}")
     return task
 
 
-def augment_batch(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int) -> Tensor:
-    """Crop each image of the zero-padded batch at (dy, dx) in [0, 2 pad] and mirror those with `flip`, all in one
-    gather on the batch's device. Zero is the mean colour here: the images are normalised already."""
-    n, _, h, w = x.shape
-    if pad:
-        x = F.pad(x, (pad, pad, pad, pad))
-    across = torch.arange(w, device=x.device)
-    rows = dy[:, None] + torch.arange(h, device=x.device)                     # N x H
-    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - across, across)  # N x W
-    picked = x[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # N H W C
-    return picked.permute(0, 3, 1, 2)
-
-
-def image_task(splits: dict, meta: dict, cfg: Any, loss_cfg: Any) -> ImageFolderTask:
-    """A classification task of images, its training batches augmented as dataset.augment says."""
-    augment = cfg.get("augment") or {}
-    return ImageFolderTask(splits, meta, loss_cfg, int(augment.get("crop_padding", 0) or 0),
-                           bool(augment.get("hflip", False)))
-
-
-class ImageFolderTask(ClassifyTask):
-    """Classification of the folder's images; training batches optionally augmented (dataset.augment)."""
-
-    def __init__(self, splits: dict, meta: dict, loss_cfg: Any, crop_padding: int = 0, hflip: bool = False):
-        super().__init__(splits, meta, loss_cfg)
-        self.crop_padding, self.hflip = crop_padding, hflip
-
-    def batches(self, split: str, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[tuple]:
-        plain = super().batches(split, batch_size, shuffle=shuffle, seed=seed)
-        if split != "train" or not shuffle or not (self.crop_padding or self.hflip):  # eval batches: as they are
-            yield from plain
-            return
-        # One epoch's draws at once, from a generator seeded by the epoch's seed: a resumed run draws them again
-        n, device, pad = self.size("train"), self.device, self.crop_padding
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed + AUGMENT_SEED)
-        dy, dx = (torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=device) for _ in range(2))
-        flip = torch.rand(n, generator=gen, device=device) < (0.5 if self.hflip else 0.0)
-        for i, (x, y) in enumerate(plain):
-            at = slice(i * batch_size, i * batch_size + len(y))
-            yield augment_batch(x, dy[at], dx[at], flip[at], pad), y
+def _task(cfg: Any, loss_cfg: Any, decoded: Decoded, parts: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict,
+          in_memory: bool | None, workers: int) -> ImageFolderTask:
+    """The task, its images in memory or streamed (parts: each split's rows of decoded.images and their labels);
+    its `loading` says which, its `chosen` what auto became."""
+    chosen = {}
+    if in_memory is None:
+        n = sum(len(rows) for rows, _ in parts.values())
+        need, budget = n * int(np.prod(meta["input_shape"])) * 4, memory_budget()
+        in_memory = need <= budget
+        chosen["dataset.in_memory"] = (f"{str(in_memory).lower()} (the images take {need / 2 ** 20:,.0f} MiB as "
+                                       f"float32; in memory up to {budget / 2 ** 20:,.0f} MiB: a quarter of the "
+                                       f"RAM, at most {MEMORY_CAP >> 30} GiB)")
+    if in_memory:
+        task = image_task({s: (to_tensor(decoded.images, meta["pixel_mean"], meta["pixel_std"], rows),
+                               torch.from_numpy(y)) for s, (rows, y) in parts.items()}, meta, cfg, loss_cfg)
+        task.loading = "batches from memory"
+    else:
+        task = StreamedImageTask({s: ImageRows(decoded.images, rows, y, decoded.source)
+                                  for s, (rows, y) in parts.items()}, meta, loss_cfg, *augment_settings(cfg), workers)
+        source = "memory-mapped cache" if decoded.source else "decoded images in memory"
+        readers = f"{workers} worker process{'es' if workers > 1 else ''}" if workers else "in the main process"
+        task.loading = f"batches read from the {source} ({readers})"
+        if cfg.get("num_workers", "auto") == "auto":
+            chosen["dataset.num_workers"] = f"{workers} (one per core but one, at most 4)"
+    task.chosen.update(chosen)
+    return task
 
 
 # The datasets this file builds, by the `name` of their conf/dataset/NAME.yaml: builder(cfg.dataset, cfg.loss)
