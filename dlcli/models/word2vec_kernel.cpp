@@ -132,6 +132,12 @@ static inline void logistic_step(const float* x, float* v, bool positive, float 
   axpy(g, x, v, d);
 }
 
+constexpr int64_t kPrefetchNegatives = 32;  // negatives drawn ahead of a pair's steps (more are drawn as they go)
+
+static inline void prefetch_row(const float* row, int64_t d) {
+  for (int64_t k = 0; k < d; k += 16) __builtin_prefetch(row + k, 1, 3);  // 16 floats: a 64-byte cache line
+}
+
 // One pair's SGD step: x (an input word's vector, or cbow's mean) predicts `target` — down its Huffman path (code 0:
 // the score should be high, 1: low) and/or against `negative` noise words (one equal to the target is skipped).
 static inline void pair_step(const Chunk& c, const Table& out, const Table& tree, const float* x, int64_t target,
@@ -141,13 +147,20 @@ static inline void pair_step(const Chunk& c, const Table& out, const Table& tree
     if (node < 0) break;
     logistic_step(x, tree.row(node), c.codes[target * c.L + l] == 0, c.alpha, c.d, grad_x, terms, extra);
   }
-  for (int64_t s = 0; s <= c.negative && c.negative > 0; ++s) {
-    int64_t t = target;
-    if (s > 0) {
-      t = c.noise.draw(r);
-      if (t == target) continue;
-    }
-    logistic_step(x, out.row(t), s == 0, c.alpha, c.d, grad_x, terms, extra);
+  if (c.negative <= 0) return;
+  // The negatives are drawn first (the same draws, in the same order) and their rows prefetched: rows of random words
+  // miss the caches, and asking for all of them at once overlaps those misses instead of waiting for each in turn.
+  int64_t drawn[kPrefetchNegatives];
+  const int64_t ahead = std::min<int64_t>(c.negative, kPrefetchNegatives);
+  for (int64_t s = 0; s < ahead; ++s) {
+    drawn[s] = c.noise.draw(r);
+    prefetch_row(out.row(drawn[s]), c.d);
+  }
+  logistic_step(x, out.row(target), true, c.alpha, c.d, grad_x, terms, extra);
+  for (int64_t s = 0; s < c.negative; ++s) {
+    const int64_t t = s < ahead ? drawn[s] : c.noise.draw(r);
+    if (t == target) continue;
+    logistic_step(x, out.row(t), false, c.alpha, c.d, grad_x, terms, extra);
   }
 }
 
