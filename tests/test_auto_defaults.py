@@ -97,3 +97,22 @@ def test_a_pairs_file_of_numbers_chooses_characters_for_them(dl, tmp_path) -> No
     tsv.write_text("".join(f"{n}\t{' '.join(rng.choices(WORDS, k=3))}\n" for n in rng.sample(range(10**6), 200)))
     res = dl.ok("train", "model=attention", "dataset=pairs", f"dataset.path={tsv}", "trainer.fast_dev_run=true")
     assert "auto: dataset.src_level=char" in res.stdout and "auto: dataset.tgt_level=word" in res.stdout
+
+
+@pytest.mark.parametrize("args, layers, forget_bias, floor", [
+    # real text: what measured best there (docs/performance.md): 2 layers, forget bias 0, no decay after warm-up
+    (["model=lstm", "dataset=shakespeare"], 2, 0.0, 0.003),
+    (["model=lstm", "dataset=text", "dataset.path=x.txt", "optimizer.lr=0.01"], 2, 0.0, 0.01),
+    (["model=lstm"], 1, 1.0, 0.0),                  # the grammar LM and the long-lag tasks keep remembering
+    (["model=lstm", "dataset=adding"], 1, 1.0, 0.0),
+    (["model=lstm", "dataset=shakespeare", "model.num_layers=3", "model.forget_bias=0.5", "scheduler.min_lr=0"],
+     3, 0.5, 0.0),                                  # the user's word wins
+    (["model=transformer", "dataset=shakespeare"], None, None, 0.0),  # other families: their own schedule
+])
+def test_a_dataset_recommends_the_lstm_settings_measured_on_it(args: list[str], layers: int | None,
+                                                                forget_bias: float | None, floor: float) -> None:
+    from hydra import compose, initialize_config_module
+    with initialize_config_module(config_module="dlcli.conf", version_base="1.3"):
+        cfg = compose("config", overrides=args)
+    assert (cfg.model.get("num_layers"), cfg.model.get("forget_bias")) == (layers, forget_bias)
+    assert cfg.scheduler.min_lr == floor
