@@ -37,3 +37,14 @@ def test_loop_overhead_case_runs_both_loops_on_the_same_work(tmp_path, capsys, m
     assert r["details"]["train_loss_dl"] == r["details"]["train_loss_bare"]
     assert r["details"]["steps_per_rep"] == 2 * 7  # 420 training points / batch 64 = 7 steps, 2 epochs
     assert "loop/mlp" in capsys.readouterr().out
+
+
+def test_the_bare_char_lm_trains_on_dl_s_own_split_within_its_seconds(tmp_path):
+    from bench import char_lm_budget
+
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat and the dog ran far away.\n" * 400)
+    result = char_lm_budget.run(str(text), seconds=1.0, eval_every=0.5)
+    assert result["steps"] > 0 and len(result["curve"]) >= 2
+    vals = [v for _, _, v in result["curve"]]
+    assert result["best_val"] == min(vals) and vals[-1] < vals[0]  # it learns: val falls from the first evaluation
