@@ -90,7 +90,7 @@ def test_signal_finishes_the_step_saves_and_resumes_bit_for_bit(dl, reference, h
     assert max(r["step"] for r in read_jsonl(run / "metrics.jsonl")) == step
     if how == "RUN":  # a mid-epoch checkpoint is an ordinary one for dl eval (what it runs, in-process)
         from dlcli.commands.restore import restore, restore_task
-        from dlcli.engine.loop import evaluate_split
+        from dlcli.engine.evaluation import evaluate_split
 
         r = restore(run / "checkpoints" / "last.pt", [])
         metrics = evaluate_split(r.model, restore_task(r), "test", 256, r.runtime)

@@ -14,7 +14,7 @@ from dlcli.base.task import Task, split_indices
 from dlcli.commands.hydra_app import split_args
 from dlcli.engine.batches import epoch_seed, resolve_batch_size
 from dlcli.engine.checkpoint import atomic_save
-from dlcli.engine.loop import is_better
+from dlcli.engine.evaluation import is_better
 from dlcli.engine.optim import build_optimizer, build_scheduler
 
 

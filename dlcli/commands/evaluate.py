@@ -9,7 +9,7 @@ from dlcli.base.console import make_console, metrics_table
 from dlcli.base.errors import UserError
 from dlcli.base.targets import dataset_name, model_name
 from dlcli.commands.restore import restore, restore_task
-from dlcli.engine.loop import evaluate_split
+from dlcli.engine.evaluation import evaluate_split
 
 SPLITS = ("train", "val", "test")
 

@@ -20,9 +20,10 @@ from dlcli.data import build_task
 from dlcli.engine import distributed
 from dlcli.engine.batches import epoch_cap, eval_batches, train_batch_size, train_batches
 from dlcli.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from dlcli.engine.evaluation import evaluate_split
 from dlcli.engine.in_place import choose_in_place
 from dlcli.engine.logger import MetricsLogger, Reporter, SilentLogger
-from dlcli.engine.loop import Training, evaluate_split, fit
+from dlcli.engine.loop import Training, fit
 from dlcli.engine.lr_find import LRFind, find_lr, lr_keys, record_lr
 from dlcli.engine.optim import Plan, build_optimizer, build_scheduler
 from dlcli.engine.runtime import rng_state, set_rng_state, setup

@@ -20,36 +20,12 @@ from dlcli.base.task import InPlaceTrainer, Task, add_stats
 from dlcli.engine import distributed
 from dlcli.engine.batches import (epoch_cap, epoch_seed, eval_batches, evaluation_reserve, say_eval_share,
                                   train_batch_size, train_batches)
+from dlcli.engine.evaluation import evaluate_split, is_better
 from dlcli.engine.grad_norms import GradNorms
 from dlcli.engine.logger import MetricsLogger, Reporter
 from dlcli.engine.optim import Plan, follow_plan
 from dlcli.engine.runtime import Runtime
-from dlcli.engine.stopping import Diverged, Interrupted, LoopState, StopRequest
-
-
-def is_better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
-    if best is None:
-        return math.isfinite(value)
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-@torch.no_grad()
-def evaluate_split(model: nn.Module, task: Task, split: str, batch_size: int, runtime: Runtime,
-                   limit: int | None = None) -> dict[str, float]:
-    """The split's metrics; limit: only its first `limit` batches (trainer.limit_val_batches...)."""
-    was_training = model.training
-    model.eval()
-    total = None
-    step = distributed.eval_step(model, task)  # task.step; under DDP on this rank's slice of each batch
-    for batch in itertools.islice(task.batches(split, batch_size), limit):
-        with runtime.autocast():
-            _, stats = step(batch)
-        total = add_stats(total, stats)
-    metrics = task.summarize(distributed.sum_stats(total))
-    metrics.update(distributed.on_main(lambda: task.eval_metrics(model, split)))
-    model.train(was_training)
-    return metrics
-
+from dlcli.engine.stopping import Diverged, Interrupted, LoopState, StopRequest, diverged_at, remedies
 
 # Called after every optimizer step with the loop's state: an extension point (the tests' fault injection,
 # tests/hooks/, uses it). Empty in a plain run.
@@ -307,7 +283,7 @@ class _Loop:
             say_eval_share(self.t.tcfg, self.t.task, self.state.eval_share, self.t.reporter.say)
 
     def diverged(self, epoch: int, done: int) -> None:
-        _diverged(self.losses[:done], self.state.step, epoch, self.n_batches, self.t.optimizer, self.t.tcfg,
+        diverged_at(self.losses[:done], self.state.step, epoch, self.n_batches, self.t.optimizer, self.t.tcfg,
                   self.t.runtime)
 
     # ------------------------------------------------------------------------------------------- end of an epoch
@@ -321,7 +297,7 @@ class _Loop:
         train = t.task.summarize(distributed.sum_stats(self.total))
         if not math.isfinite(train["loss"]):
             raise Diverged(f"the training loss became {train['loss']} in epoch {epoch} (step {state.step}); "
-                           + _knobs(t.optimizer, tcfg, t.runtime))
+                           + remedies(t.optimizer, tcfg, t.runtime))
         parts = {"train": train}
         t.logger.log(state.step, epoch, "train", {**train, "lr": current_lr(t.optimizer)})
         last = epoch == self.epochs or bool(stop_reason)
@@ -412,24 +388,6 @@ class _Loop:
             return f"* best {tcfg.monitor}"
         state.evals_since_best += 1
         return ""
-
-
-def _knobs(optimizer: torch.optim.Optimizer, tcfg: Any, runtime: Runtime) -> str:
-    lr, now = optimizer.defaults.get("lr"), current_lr(optimizer)
-    scheduled = f", {now:.3g} after the schedule" if now != lr else ""
-    return (f"nothing was saved after it; try a lower optimizer.lr (now {lr}{scheduled}), "
-            f"trainer.clip_grad_norm=1.0 (now {tcfg.clip_grad_norm}) or trainer.precision=fp32 "
-            f"(now {runtime.precision})")
-
-
-def _diverged(losses: torch.Tensor, step: int, epoch: int, n_batches: int, optimizer: torch.optim.Optimizer,
-              tcfg: Any, runtime: Runtime) -> None:
-    """Raise Diverged naming the first step of this epoch whose loss was not finite (`losses` ends at `step`)."""
-    bad = (~torch.isfinite(losses)).nonzero()
-    first = int(bad[0, 0]) if len(bad) else len(losses) - 1
-    first_step = step - (len(losses) - 1 - first)
-    raise Diverged(f"the training loss became {float(losses[first])} at step {first_step} (epoch {epoch}, batch "
-                   f"{first + 1} of {n_batches}); " + _knobs(optimizer, tcfg, runtime))
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -1,5 +1,5 @@
 """Where a run stands (LoopState, saved in every checkpoint) and the ways it stops early: a signal (StopRequest ->
-Interrupted) or a non-finite loss (Diverged)."""
+Interrupted) or a non-finite loss (Diverged, said with what to try)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import signal
 import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+import torch
 
 from dlcli.base.errors import UserError
 from dlcli.engine import distributed
@@ -75,3 +77,22 @@ class StopRequest:
 
 class Diverged(UserError):
     """A non-finite training loss; the run dir and its last good checkpoint are kept."""
+
+
+def remedies(optimizer: torch.optim.Optimizer, tcfg: Any, runtime: Any) -> str:
+    """What to try after a diverged run: the lr it had, clipping, precision."""
+    lr, now = optimizer.defaults.get("lr"), float(optimizer.param_groups[0]["lr"])
+    scheduled = f", {now:.3g} after the schedule" if now != lr else ""
+    return (f"nothing was saved after it; try a lower optimizer.lr (now {lr}{scheduled}), "
+            f"trainer.clip_grad_norm=1.0 (now {tcfg.clip_grad_norm}) or trainer.precision=fp32 "
+            f"(now {runtime.precision})")
+
+
+def diverged_at(losses: torch.Tensor, step: int, epoch: int, n_batches: int, optimizer: torch.optim.Optimizer,
+                tcfg: Any, runtime: Any) -> None:
+    """Raise Diverged naming the first step of this epoch whose loss was not finite (`losses` ends at `step`)."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    first = int(bad[0, 0]) if len(bad) else len(losses) - 1
+    first_step = step - (len(losses) - 1 - first)
+    raise Diverged(f"the training loss became {float(losses[first])} at step {first_step} (epoch {epoch}, batch "
+                   f"{first + 1} of {n_batches}); " + remedies(optimizer, tcfg, runtime))
