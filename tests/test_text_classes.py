@@ -281,3 +281,20 @@ def test_mistakes_through_the_cli_exit_2_with_one_line(dl_inproc):
     res = dl_inproc("train", "model=cnn", "dataset=text_classes", "dataset.path=t.tsv", *FAST)
     assert_one_line_error(res, "model=cnn does not fit dataset=text_classes (a classify task on text inputs); "
                                "datasets for cnn:")
+
+
+def test_word_dropout_turns_a_share_of_the_words_into_unk_in_training_only():
+    from dlcli.models.common import WordDropout
+
+    drop = WordDropout(0.3, {"pad_id": 0, "unk_id": 1})
+    gen = torch.Generator().manual_seed(3)
+    x = padded([torch.randint(4, 30, (n,), generator=gen) for n in (200, 50, 120)], 200)
+    torch.manual_seed(0)
+    y = drop(x)
+    real, changed = x != 0, y != x
+    assert torch.equal(y[~real], x[~real])  # pads stay pads
+    assert (y[changed] == 1).all() and 0.25 < changed.sum() / real.sum() < 0.35
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # drawn from the seeded global stream: a resume replays it
+    assert torch.equal(drop.eval()(x), x)  # evaluation, dl sample and exports see every word
+    assert torch.equal(WordDropout(0.3, {"kind": "lm"}).train()(x), x)  # not a padded text: nothing to drop

@@ -121,6 +121,7 @@ SCHEMA: dict[str, Number] = {  # checked in this order: dataset.* first, as trai
     "scheduler.pct_start": Number(low=0, high=1, low_open=True, high_open=True),
     "loss.label_smoothing": FRACTION,
     "model.dropout": FRACTION,
+    "model.word_dropout": FRACTION,
     "model.convs_per_block": Number(integer=True, low=1, high=16),  # model=cnn
 }
 

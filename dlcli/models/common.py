@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from dlcli.base.errors import UserError, choices
@@ -28,3 +29,19 @@ def masked_mean(h: Tensor, keep: Tensor) -> Tensor:
     """The mean over the steps of (N, T, d) states where keep (N, T) is True: a padded text's own tokens only."""
     w = keep.unsqueeze(-1).to(h.dtype)
     return (h * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+class WordDropout(nn.Module):
+    """Word dropout (Iyyer et al. 2015): in training, each of a text's tokens becomes <unk> with probability p, so a
+    text classifier cannot lean on a few rare words of its training texts (a book's names); pads stay pads. model.
+    word_dropout; an identity at evaluation and for inputs that are not padded texts."""
+
+    def __init__(self, p: float, meta: dict):
+        super().__init__()
+        self.p, self.pad_id, self.unk_id = p, meta.get("pad_id"), meta.get("unk_id")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p <= 0 or self.pad_id is None or self.unk_id is None:
+            return x
+        hit = (torch.rand(x.shape, device=x.device) < self.p) & (x != self.pad_id)
+        return x.masked_fill(hit, self.unk_id)

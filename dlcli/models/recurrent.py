@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dlcli.base.errors import UserError
-from dlcli.models.common import masked_mean
+from dlcli.models.common import WordDropout, masked_mean
 from dlcli.models.family import Family
 from dlcli.models.pretrained import WordVectors
 
@@ -92,6 +92,7 @@ class RecurrentNet(nn.Module):
         else:
             self.embed = nn.Linear(meta["input_size"], in_size)
         dropout = float(cfg.dropout)
+        self.word_dropout = WordDropout(float(cfg.get("word_dropout", 0.0)), meta)
         self.loop = alpha > 0 or echo
         if self.loop:
             self.rnn = LoopRNN(in_size, hidden, layers, cfg.get("nonlinearity", "tanh"), alpha, echo,
@@ -165,7 +166,7 @@ class RecurrentNet(nn.Module):
         """Each right-padded row run to its own length: packed, so no direction reads a pad (the outputs past a
         row's end are zeros). The step loop (leaky, echo-state) reads one direction only: a step never sees the
         pads after it."""
-        emb = self.embed(x)
+        emb = self.embed(self.word_dropout(x))
         if self.loop:
             return self.rnn(emb)[0]
         packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
