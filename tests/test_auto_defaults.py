@@ -116,3 +116,13 @@ def test_a_dataset_recommends_the_lstm_settings_measured_on_it(args: list[str], 
         cfg = compose("config", overrides=args)
     assert (cfg.model.get("num_layers"), cfg.model.get("forget_bias")) == (layers, forget_bias)
     assert cfg.scheduler.min_lr == floor
+
+
+def test_a_model_of_the_user_s_own_without_a_name_gets_the_plain_schedule() -> None:
+    from hydra import compose, initialize_config_module
+    with initialize_config_module(config_module="dlcli.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["dataset=shakespeare"])
+    from omegaconf import open_dict
+    with open_dict(cfg):
+        del cfg.model["name"]  # a `_target_` model's YAML need not name itself
+    assert cfg.scheduler.min_lr == 0.0
