@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from dlcli.base.errors import UserError
-from dlcli.models.common import activation, int_list, masked_mean
+from dlcli.models.common import WordDropout, activation, int_list, masked_mean
 from dlcli.models.family import Family
 from dlcli.models.pretrained import WordVectors
 
@@ -44,14 +44,15 @@ class MLP(nn.Module):
 class BagOfEmbeddings(nn.Module):
     """fastText-style: right-padded token ids -> the mean of the text's word vectors (pads left out) -> the MLP."""
 
-    def __init__(self, embed: nn.Module, pad_id: int, mlp: MLP):
+    def __init__(self, embed: nn.Module, pad_id: int, mlp: MLP, word_dropout: nn.Module):
         super().__init__()
         self.pad_id = pad_id
         self.embed = embed
         self.mlp = mlp
+        self.word_dropout = word_dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.mlp(masked_mean(self.embed(x), x != self.pad_id))
+        return self.mlp(masked_mean(self.embed(self.word_dropout(x)), x != self.pad_id))
 
 
 def build(cfg: Any, meta: dict) -> nn.Module:
@@ -63,7 +64,8 @@ def build(cfg: Any, meta: dict) -> nn.Module:
     vectors = WordVectors(cfg, meta, size, "model.embedding_size")  # pretrained ones, if any
     if "pad_id" in meta:  # texts
         mlp = MLP(vectors.width, out, hidden, cfg.activation, float(cfg.dropout), cfg.norm)  # first, as before
-        return vectors.fill(BagOfEmbeddings(vectors.table("vocab"), int(meta["pad_id"]), mlp))
+        return vectors.fill(BagOfEmbeddings(vectors.table("vocab"), int(meta["pad_id"]), mlp,
+                                            WordDropout(float(cfg.get("word_dropout", 0.0)), meta)))
     return vectors.fill(MLP(math.prod(meta["input_shape"]), out, hidden, cfg.activation, float(cfg.dropout),
                             cfg.norm))
 
