@@ -47,7 +47,8 @@ def val_loss(model: nn.Module, task, batch_size: int = 256) -> float:
     return total / count
 
 
-def run(path: str, seconds: float, eval_every: float, seed: int = 0) -> dict:
+def run(path: str, seconds: float, eval_every: float, seed: int = 0, max_steps: int | None = None) -> dict:
+    """Train for `seconds` of training time (or until max_steps: the tests' fixed amount of work)."""
     from dlcli.data import build_task
 
     cfg = common.compose(["model=lstm", "dataset=text", f"dataset.path={path}"])
@@ -58,7 +59,7 @@ def run(path: str, seconds: float, eval_every: float, seed: int = 0) -> dict:
     stream, block, batch = task.stream, task.block_size, 64
     offsets = torch.arange(block + 1)
     trained, next_eval, steps, curve = 0.0, eval_every, 0, []
-    while trained < seconds:
+    while trained < seconds and (max_steps is None or steps < max_steps):
         start = time.perf_counter()
         chunk = stream[torch.randint(0, len(stream) - block, (batch,))[:, None] + offsets]
         loss = F.cross_entropy(model(chunk[:, :-1]).flatten(0, 1), chunk[:, 1:].flatten())
@@ -68,7 +69,7 @@ def run(path: str, seconds: float, eval_every: float, seed: int = 0) -> dict:
         optimizer.step()
         steps += 1
         trained += time.perf_counter() - start
-        if trained >= next_eval or trained >= seconds:
+        if trained >= next_eval or trained >= seconds or steps == max_steps:
             curve.append((round(trained, 1), steps, round(val_loss(model, task), 4)))
             print(f"{trained:7.1f}s  step {steps:6d}  val {curve[-1][2]:.4f} nats/char", flush=True)
             next_eval += eval_every

@@ -4,6 +4,7 @@ measured by the suite, never asserted here."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -39,12 +40,14 @@ def test_loop_overhead_case_runs_both_loops_on_the_same_work(tmp_path, capsys, m
     assert "loop/mlp" in capsys.readouterr().out
 
 
-def test_the_bare_char_lm_trains_on_dl_s_own_split_within_its_seconds(tmp_path):
+def test_the_bare_char_lm_trains_on_dl_s_own_split(tmp_path):
     from bench import char_lm_budget
 
+    line = "the cat sat on the mat and the dog ran far away.\n"
     text = tmp_path / "t.txt"
-    text.write_text("the cat sat on the mat and the dog ran far away.\n" * 400)
-    result = char_lm_budget.run(str(text), seconds=1.0, eval_every=0.5)
-    assert result["steps"] > 0 and len(result["curve"]) >= 2
-    vals = [v for _, _, v in result["curve"]]
-    assert result["best_val"] == min(vals) and vals[-1] < vals[0]  # it learns: val falls from the first evaluation
+    text.write_text(line * 400)
+    # a fixed number of steps (the seconds are the bench's; a busy test machine would take fewer steps in them)
+    result = char_lm_budget.run(str(text), seconds=600.0, eval_every=600.0, max_steps=25)
+    assert result["steps"] == 25 and len(result["curve"]) == 1
+    # it learns: well below guessing uniformly among the text's characters
+    assert result["best_val"] == result["curve"][0][2] < math.log(len(set(line))) - 0.3
