@@ -14,6 +14,15 @@ def hydra_path(path: Path) -> str:
     return f"'{path}'"
 
 
+def is_number(text: str | bytes) -> bool:
+    """Whether float() reads the text: a sweep's override value (a numeric axis), a field of a vectors file."""
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def unquote(value: str) -> str:
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from dlcli.base.errors import UserError
+from dlcli.base.overrides import is_number
 
 
 def save_word2vec(path: Path, vocab: list[str], vectors: Tensor, binary: bool = False) -> Path:
@@ -102,21 +103,13 @@ def _text_records(lines: list[bytes], dim: int, first_number: int, path: Path, w
             try:
                 np.array(row, dtype=np.float32)
             except ValueError:
-                bad = next(v for v in row if not _is_number(v))
+                bad = next(v for v in row if not is_number(v))
                 raise UserError(f"{what}={path}: line {number} has {bad[:20]!r} where a number belongs") from None
         raise
     if not np.isfinite(rows).all():
         number = numbers[int(np.nonzero(~np.isfinite(rows).all(1))[0][0])]
         raise UserError(f"{what}={path}: line {number} holds nan or inf; every value must be a finite number")
     return words, rows
-
-
-def _is_number(text: bytes) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _binary_records(data: bytes, count: int, dim: int, path: Path, what: str) -> tuple[list[str], np.ndarray]:

@@ -33,6 +33,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from dlcli.base.console import make_console, metrics_table
+from dlcli.base.overrides import is_number
 from dlcli.reports.plots import pyplot, save_figure
 from dlcli.reports.runs import read_metrics, recorded_overrides, run_record, run_summary, sweep_jobs
 
@@ -312,7 +313,7 @@ def _by_setting(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
         if value is not None:
             lines.setdefault(over.get(panel["lines"], "(default)"), []).append((over.get(panel["x"], "-"), value))
     xs = list(dict.fromkeys(x for pts in lines.values() for x, _ in pts))
-    numeric = all(_is_float(x) for x in xs)
+    numeric = all(is_number(x) for x in xs)
     palette = _palette()
     for i, (name, pts) in enumerate(lines.items()):
         pts = sorted(pts, key=lambda p: float(p[0]) if numeric else xs.index(p[0]))
@@ -330,14 +331,6 @@ def _by_setting(ax: Any, panel: dict, runs: list[Run], colors: dict) -> None:
     ax.set_xlabel(panel["x"].rsplit(".", 1)[-1])
     ax.set_ylabel(panel.get("ylabel", panel["metric"]))
     _legend(ax, len(lines) + (panel.get("baseline") is not None))
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _palette() -> tuple:
