@@ -74,8 +74,9 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
     distributed.check_batch_size(batch_size)  # the global batch: each of N processes needs a row
     found = None
     if t.get("lr_find") and t.resume:
-        reporter.warn(f"trainer.lr_find={str(t.lr_find).lower()} is not run on a resume: the run goes on with the lr it has")
-    if t.get("lr_find") and not t.resume:  # the lr range test from this start state, restored after it
+        reporter.warn(f"trainer.lr_find={str(t.lr_find).lower()} is not run on a resume: the run goes on with the lr "
+                      "it has")
+    elif t.get("lr_find"):  # the lr range test from this start state, restored after it
         found = find_lr(train_model, task, optimizer, runtime, t, reporter, in_place)
         tell_lr_find(found, cfg, run_dir, reporter, bool(t.plots))
         if t.lr_find is True:  # the test alone: no training
@@ -113,7 +114,8 @@ def run(cfg: DictConfig, run_dir: Path, reporter: Reporter, stop: StopRequest | 
             model.load_state_dict(torch.load(best_path, map_location=runtime.device, weights_only=True)["model"])
         distributed.broadcast_module(model)  # every rank tests rank 0's weights
         size = int(t.eval_batch_size)
-        test = evaluate_split(model, task, "test", size, runtime, limit=eval_batches(t, task, "test", size, state.eval_share))
+        test = evaluate_split(model, task, "test", size, runtime,
+                              limit=eval_batches(t, task, "test", size, state.eval_share))
         if not distributed.is_main():  # the rest writes the run's files: rank 0's job
             return {"device": str(runtime.device), "wall_time_s": 0.0, "best": {"value": state.best_value}}
         test.update(task.final_metrics(model))

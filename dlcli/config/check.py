@@ -55,10 +55,12 @@ def check_monitor(cfg: DictConfig, task: Any, model: torch.nn.Module) -> None:
         batch = next(task.batches("val", 2))
         if is_user_model(cfg.model):
             check_output(cfg.model, task, model, batch)
-        names = [*task.summarize(task.step(model, batch)[1]), *task.eval_metric_names]
+        names = list(task.summarize(task.step(model, batch)[1]))
     model.train()
     if split == "train":  # what a training step logs: not the metrics only evaluation measures (macro_f1, exact...)
-        names = [n for n in names if n not in (*task.eval_metric_names, *task.eval_only_stats)]
+        names = [n for n in names if n not in task.eval_only_stats]
+    else:
+        names += task.eval_metric_names
     if name not in names:
         raise UserError(f"trainer.monitor={cfg.trainer.monitor}: this {task.kind} task logs "
                         f"{', '.join(f'{split}/{n}' for n in names)}")

@@ -254,9 +254,7 @@ class _Loop:
         left = self.max_time - elapsed
         every = int(self.t.tcfg.eval_every)
         evals = 1 + (state.step + int(left * rate)) // (self.n_batches * every) - state.epoch // every
-        # a forward pass costs about a third of a training step, per example
-        reserve, share = evaluation_reserve(self.t.tcfg, self.t.task, evals, 1 / (rate * self.batch_size) / 3,
-                                            None if self.overfit else self.max_time)
+        reserve, share = self.evaluation_reserve(evals, rate)
         planned = min(self.plan.total, state.step + max(1, int((left - reserve) * rate)))
         # rank 0's timing decides for every rank
         planned, share = json.loads(distributed.broadcast_text(json.dumps([planned, share])))
@@ -271,13 +269,17 @@ class _Loop:
         if share is not None:
             say_eval_share(self.t.tcfg, self.t.task, share, self.t.reporter.say)
 
+    def evaluation_reserve(self, evals: int, rate: float) -> tuple[float, float | None]:
+        """batches.evaluation_reserve at `rate` training steps/s: a forward pass costs about a third of a training
+        step, per example (overfit_batches validates on its training batches: never shared)."""
+        return evaluation_reserve(self.t.tcfg, self.t.task, evals, 1 / (rate * self.batch_size) / 3,
+                                  None if self.overfit else self.max_time)
+
     def share_evaluations(self) -> None:
         """The clock ran out before the budget's plan was made: the evaluations left (this epoch's val, the test)
         still keep to a share of the budget, at the speed seen so far."""
         began, s0 = self.began
-        rate = max(self.state.step - s0, 1) / max(time.perf_counter() - began, 1e-9)
-        _, share = evaluation_reserve(self.t.tcfg, self.t.task, 1, 1 / (rate * self.batch_size) / 3,
-                                      None if self.overfit else self.max_time)
+        _, share = self.evaluation_reserve(1, max(self.state.step - s0, 1) / max(time.perf_counter() - began, 1e-9))
         self.state.eval_share = json.loads(distributed.broadcast_text(json.dumps(share)))
         if self.state.eval_share is not None:
             say_eval_share(self.t.tcfg, self.t.task, self.state.eval_share, self.t.reporter.say)
@@ -346,8 +348,10 @@ class _Loop:
                 warn(f"the training loss did not fall during epoch {epoch} ({first:.4g} -> {last:.4g}); try another "
                      f"optimizer.lr (now {lr:.3g}): ~10x lower if it rose, 3-10x higher if it stayed flat", "flat")
         if stop_reason == "max_time" and epoch == 1 and self.done < self.n_batches and not self.followed:
-            planned = "before the budget's plan was made (it times 10 steps first)" if str(self.t.tcfg.epochs) == \
-                "auto" else f"of {self.epochs}: a learning-rate schedule planned for {self.epochs} epochs did not get far"
+            if str(self.t.tcfg.epochs) == "auto":
+                planned = "before the budget's plan was made (it times 10 steps first)"
+            else:
+                planned = f"of {self.epochs}: a learning-rate schedule planned for {self.epochs} epochs did not get far"
             warn(f"trainer.max_time={self.t.tcfg.max_time} ended the run {self.done} of {self.n_batches} batches into "
                  f"epoch 1 {planned}; give more time, fewer trainer.epochs or a trainer.limit_train_batches", "budget")
         if "val" in parts:
