@@ -22,17 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import common
-
-
-class CharLSTM(nn.Module):
-    def __init__(self, vocab: int, emb: int = 64, hidden: int = 256, layers: int = 2):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, emb)
-        self.rnn = nn.LSTM(emb, hidden, layers, batch_first=True)
-        self.head = nn.Linear(hidden, vocab)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(self.embed(x))[0])
+from bench.recurrent import BareLM
 
 
 @torch.no_grad()
@@ -54,7 +44,7 @@ def run(path: str, seconds: float, eval_every: float, seed: int = 0, max_steps: 
     cfg = common.compose(["model=lstm", "dataset=text", f"dataset.path={path}"])
     task = build_task(cfg.dataset, cfg.loss, torch.device("cpu"))
     torch.manual_seed(seed)
-    model = CharLSTM(task.meta["vocab_size"])
+    model = BareLM("lstm", task.meta["vocab_size"], emb=64, hidden=256, layers=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     stream, block, batch = task.stream, task.block_size, 64
     offsets = torch.arange(block + 1)

@@ -190,18 +190,23 @@ class CliRun:
     stdout: str
 
 
+def dl_command(args: list[str]) -> list[str]:
+    """`dl ARGS` as a command line: the console script beside this interpreter (what `dl` is in an activated venv;
+    a pyenv/asdf shim found on PATH would add its own start-up, ~0.2 s, to every figure), else python -m dlcli."""
+    import shutil
+    import sys
+
+    exe = Path(sys.executable).parent / "dl"
+    found = str(exe) if exe.is_file() else shutil.which("dl")
+    return [found, *args] if found else [sys.executable, "-m", "dlcli", *args]
+
+
 def run_cli(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> CliRun:
     """`dl ARGS` (the installed script, else python -m dlcli) in a subprocess: wall time, CPU time and peak RSS
     from the process's own rusage (os.wait4, not the sum over every child this bench ever started)."""
-    import shutil
     import subprocess
-    import sys
 
-    # The console script beside this interpreter (what `dl` is in an activated venv); a pyenv/asdf shim found on
-    # PATH would add its own start-up (~0.2 s) to every figure.
-    exe = Path(sys.executable).parent / "dl"
-    exe = str(exe) if exe.is_file() else shutil.which("dl")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "dlcli", *args]
+    cmd = dl_command(args)
     full_env = {**os.environ, "DL_DATA_DIR": str(data_dir()), **(env or {})}
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()

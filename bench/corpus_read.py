@@ -17,13 +17,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from array import array
 from pathlib import Path
 
-from bench.common import data_dir, machine
+from bench.common import data_dir, dl_command, machine
 
 
 def per_line(path: Path) -> int:
@@ -84,8 +83,7 @@ def words_per_s(name: str, fn, path: Path, repeat: int) -> dict:
 
 def timed_train(args: list[str], env: dict[str, str]) -> dict:
     """`dl train ARGS` in a subprocess: wall, peak RSS (its own rusage) and when its "training:" line came."""
-    exe = Path(sys.executable).parent / "dl"
-    cmd = [str(exe) if exe.is_file() else "dl", "train", *args]
+    cmd = dl_command(["train", *args])
     start = time.perf_counter()
     first = None
     lines = []

@@ -19,13 +19,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from bench.common import data_dir, machine
+from bench.common import data_dir, dl_command, machine
 
 # a small CNN, so that the epoch's time shows the data path more than the model
 MODEL = ["model=cnn", "model.channels=[8,16]", "model.hidden_sizes=[32]", "trainer.batch_size=128"]
@@ -82,8 +81,7 @@ def _pss_kb(pid: int) -> tuple[int, int]:
 
 def timed_train(args: list[str], env: dict[str, str], cwd: Path) -> dict:
     """`dl train ARGS`: its output, wall time, own peak RSS, and the process tree's peak (sampled)."""
-    exe = Path(sys.executable).parent / "dl"
-    cmd = [str(exe) if exe.is_file() else "dl", "train", *args]
+    cmd = dl_command(["train", *args])
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "DL_DATA_DIR": str(data_dir()), **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)

@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import data_dir, machine
+from bench.common import data_dir, machine, median, run_cli
 
 PARAMS = {"vector_size": 100, "window": 5, "negative": 5, "min_count": 5, "sample": 1e-3}
 
@@ -58,16 +57,13 @@ def lowercased(path: Path, folder: Path) -> Path:
 
 
 def run_dl(path: Path, epochs: int, workdir: Path, cache: Path) -> dict:
-    args = [sys.executable, "-m", "dlcli", "train", "model=skipgram", "dataset=corpus", f"dataset.path={path}",
-            f"trainer.epochs={epochs}", f"dataset.cache_dir={cache}", "trainer.summary=false",
-            *[f"model.{k}={v}" for k, v in PARAMS.items()]]
-    start = time.perf_counter()
-    res = subprocess.run(args, cwd=workdir, capture_output=True, text=True, env={**os.environ, "CI": "true"})
-    wall = time.perf_counter() - start
+    res = run_cli(["train", "model=skipgram", "dataset=corpus", f"dataset.path={path}", f"trainer.epochs={epochs}",
+                   f"dataset.cache_dir={cache}", "trainer.summary=false",
+                   *[f"model.{k}={v}" for k, v in PARAMS.items()]], cwd=workdir, env={"CI": "true"})
     if res.returncode != 0:
-        raise SystemExit(f"dl train failed ({res.returncode}): {res.stderr[-2000:]}")
+        raise SystemExit(f"dl train failed ({res.returncode}): {res.stdout[-2000:]}")
     seconds = [float(m) for m in re.findall(r"^epoch \d+/\d+ .*?([0-9.]+)s(?:\s|$)", res.stdout, re.M)]
-    return {"wall_s": round(wall, 2), "epoch_s": seconds}
+    return {"wall_s": round(res.seconds, 2), "epoch_s": seconds}
 
 
 def run_gensim(path: Path, epochs: int, workdir: Path, workers: int) -> dict:
@@ -103,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {i + 1}: dl {dl['wall_s']:.1f} s (epochs {dl['epoch_s']}), gensim {gs['wall_s']:.1f} s "
                   f"(epochs {gs['epoch_s']}): gensim / dl = {rounds[-1]['ratio']:.2f}", flush=True)
     result = {"path": args.path, "epochs": args.epochs, "params": PARAMS, "cached": args.cached,
-              "rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds),
+              "rounds": rounds, "median_ratio": median([r["ratio"] for r in rounds]),
               "machine": machine()}
     print(json.dumps({k: result[k] for k in ("median_ratio", "cached", "epochs")}))
     if args.json:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import collections
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import data_dir
+from bench.common import data_dir, median
 
 
 def corpus_ids(path: Path, words: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds[name].append(cpu)
             print(f"{name}: {cpu:.2f} s CPU, checksum {checksum:.6f}", flush=True)
     for name, path in (("a", args.a), ("b", args.b)):
-        print(f"{name} ({path}): median {statistics.median(seconds[name]):.2f} s CPU")
+        print(f"{name} ({path}): median {median(seconds[name]):.2f} s CPU")
     return 0
 
 
